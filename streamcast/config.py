@@ -1,0 +1,280 @@
+"""Typed, validated settings: one YAML file plus ``STREAMCAST_`` environment overrides.
+
+Everything the daemon does is decided here, once, at start-up: a bad value stops
+start-up with the field's dotted name and its environment variable, instead of
+failing later deep inside the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from streamcast.errors import ConfigError
+
+ENV_PREFIX = "STREAMCAST_"
+ENV_NESTED = "__"
+
+SeedMode = Literal["truth", "carry", "zeros"]
+
+
+def _int_list(value: Any) -> Any:
+    """Accept ``[8, 16]``, ``"[8, 16]"`` and ``"8,16"`` (the form people type in env files)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The forecaster's shape; saved with every model version and checked on load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_steps: int = Field(96, ge=2, le=10_000)
+    num_features: int = Field(2, ge=1, le=1_000)
+    units: tuple[int, ...] = Field((32, 32), min_length=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    horizon: int = Field(96, ge=1, le=10_000)
+    seed: SeedMode = "truth"
+
+    @field_validator("units", mode="before")
+    @classmethod
+    def _parse_units(cls, value: Any) -> Any:
+        return _int_list(value)
+
+    @field_validator("units")
+    @classmethod
+    def _positive_units(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(u < 1 for u in value):
+            raise ValueError("every layer needs at least one unit")
+        return value
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    input_topic: str = "streamcast.readings"
+    output_topic: str = "streamcast.forecasts"
+    dlq_topic: str = "streamcast.readings.dlq"
+    group_id: str = "streamcast"
+    client_id: str = "streamcast"
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    max_poll_records: int = Field(2_000, ge=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    compression_type: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "lz4"
+    linger_ms: int = Field(5, ge=0)
+    delivery_timeout_s: float = Field(30.0, gt=0)
+    startup_timeout_s: float = Field(30.0, gt=0)
+    max_message_bytes: int = Field(65_536, ge=64)
+    # Security settings are passed through to the Kafka clients unchanged.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    def client_options(self) -> dict[str, Any]:
+        """Options shared by every Kafka client, secrets revealed only here."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": (
+                self.sasl_plain_password.get_secret_value() if self.sasl_plain_password else None
+            ),
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_password": self.ssl_password.get_secret_value() if self.ssl_password else None,
+        }
+        opts.update({k: v for k, v in optional.items() if v is not None})
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts["ssl_check_hostname"] = self.ssl_check_hostname
+        return opts
+
+
+class WindowSettings(_Section):
+    num_steps: int = Field(96, ge=2, le=10_000)
+    stride: int = Field(1, ge=1)
+    gap_factor: float = Field(
+        3.0, gt=1.0, description="a gap longer than this many steps restarts a sensor's window"
+    )
+    capacity: int = Field(
+        100_000, ge=1, description="sensors tracked at once; the idlest is evicted"
+    )
+    rebuild_records: int = Field(
+        50_000, ge=0, description="records re-read per newly assigned partition to rebuild windows"
+    )
+
+
+class ModelSettings(_Section):
+    num_features: int = Field(2, ge=1, le=1_000)
+    units: Annotated[tuple[int, ...], NoDecode] = Field((32, 32), min_length=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    horizon: int = Field(96, ge=1, le=10_000)
+    seed: SeedMode = "truth"
+
+    @field_validator("units", mode="before")
+    @classmethod
+    def _parse_units(cls, value: Any) -> Any:
+        return _int_list(value)
+
+    @field_validator("units")
+    @classmethod
+    def _positive_units(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(u < 1 for u in value):
+            raise ValueError("every layer needs at least one unit")
+        return value
+
+
+class InferenceSettings(_Section):
+    max_batch: int = Field(256, ge=1, le=65_536)
+    max_wait_ms: int = Field(50, ge=0)
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+
+
+class TrainingSettings(_Section):
+    bootstrap_windows: int = Field(2_000, ge=10)
+    max_seconds: float = Field(60.0, gt=0)
+    max_epochs: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(8, ge=1)
+    validation_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    learning_rate: float = Field(3e-3, gt=0.0)
+    seed: int = 0
+    threads: int = Field(1, ge=1, description="CPU threads the trainer may use")
+
+
+class RegistrySettings(_Section):
+    path: Path = Path("registry")
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65_535)
+    enabled: bool = True
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="/healthz fails past this")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    window: WindowSettings = Field(default_factory=WindowSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("_STREAMCAST_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    def model_spec(self) -> ModelConfig:
+        """The forecaster shape these settings ask for."""
+        return ModelConfig(
+            num_steps=self.window.num_steps,
+            num_features=self.model.num_features,
+            units=self.model.units,
+            dropout=self.model.dropout,
+            horizon=self.model.horizon,
+            seed=self.model.seed,
+        )
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret masked."""
+        return self.model_dump(mode="json")
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in loc)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load YAML (optional) + environment; raise ConfigError naming each bad field."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            import yaml
+
+            data = yaml.safe_load(p.read_text()) or {}
+        except Exception as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    previous = os.environ.get("_STREAMCAST_CONFIG_FILE")
+    try:
+        if path is not None:
+            os.environ["_STREAMCAST_CONFIG_FILE"] = str(path)
+        else:
+            os.environ.pop("_STREAMCAST_CONFIG_FILE", None)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(root)"
+            problems.append(f"{field} (env {_env_name(loc)}): {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+    except Exception as exc:  # pydantic-settings raises SettingsError for undecodable env values
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    finally:
+        if previous is None:
+            os.environ.pop("_STREAMCAST_CONFIG_FILE", None)
+        else:
+            os.environ["_STREAMCAST_CONFIG_FILE"] = previous
