@@ -1,0 +1,149 @@
+"""Windows per second: ``model.predict`` vs ``predict_on_batch`` vs the compiled Predictor.
+
+The three run side by side in one process, repetitions interleaved so that a noisy
+neighbour or a CPU frequency change hits them alike; each figure is the median of
+the repetitions. Every method gets the whole batch at once (``predict`` is given
+``batch_size=n``, its most favourable setting).
+
+    python bench/inference.py [--json-only] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    import streamcast  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras
+import numpy as np
+
+from streamcast.config import ModelConfig
+from streamcast.inference import Predictor
+from streamcast.model import build_forecaster
+
+logger = logging.getLogger(__name__)
+
+NUM_STEPS = 96
+NUM_FEATURES = 2
+HORIZON = 96
+STACKS = [(8, 8), (8, 16, 32)]
+BATCHES = [10, 256, 1024]
+METHODS = ["predict", "predict_on_batch", "predictor"]
+
+
+def rate(fn: Callable[[], object], n: int, min_seconds: float) -> float:
+    """Windows/s over as many calls as fit in ``min_seconds`` (at least one)."""
+    calls = 0
+    start = time.perf_counter()
+    elapsed = 0.0
+    while calls == 0 or elapsed < min_seconds:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+    return n * calls / elapsed
+
+
+def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[str, Any]]:
+    cfg = ModelConfig(
+        num_steps=NUM_STEPS, num_features=NUM_FEATURES, units=units, horizon=HORIZON, seed="truth"
+    )
+    model = build_forecaster(cfg)
+    predictor = Predictor(model, cfg)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in BATCHES:
+        window = rng.standard_normal((n, NUM_STEPS, NUM_FEATURES)).astype(np.float32)
+        truth = rng.standard_normal((n, NUM_FEATURES)).astype(np.float32)
+        feed = {"window": window, "truth": truth}
+        runners: dict[str, Callable[[], object]] = {
+            "predict": partial(model.predict, feed, batch_size=n, verbose=0),
+            "predict_on_batch": partial(model.predict_on_batch, feed),
+            "predictor": partial(predictor.predict, window, truth),
+        }
+        for fn in runners.values():  # trace and compile outside the clock
+            fn()
+            fn()
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(reps):
+            for name, fn in runners.items():
+                samples[name].append(rate(fn, n, min_seconds))
+        med = {name: statistics.median(values) for name, values in samples.items()}
+        rows.append(
+            {
+                "units": list(units),
+                "batch": n,
+                **{f"{name}_wps": round(med[name], 1) for name in METHODS},
+                "predictor_vs_predict": round(med["predictor"] / med["predict"], 2),
+                "predictor_vs_predict_on_batch": round(
+                    med["predictor"] / med["predict_on_batch"], 2
+                ),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'units':<10} {'batch':>5} {'predict':>10} {'on_batch':>10} {'Predictor':>10} "
+        f"{'x predict':>10} {'x on_batch':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{'x'.join(map(str, r['units'])):<10} {r['batch']:>5} {r['predict_wps']:>10.0f} "
+            f"{r['predict_on_batch_wps']:>10.0f} {r['predictor_wps']:>10.0f} "
+            f"{r['predictor_vs_predict']:>10.1f} {r['predictor_vs_predict_on_batch']:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON summary")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    args = parser.parse_args(argv)
+    reps, min_seconds = (3, 0.1) if args.quick else (7, 0.3)
+    logging.basicConfig(level=logging.WARNING if args.json_only else logging.INFO)
+
+    rows: list[dict[str, Any]] = []
+    for units in STACKS:
+        rows.extend(measure(units, reps, min_seconds))
+    probe = Predictor(build_forecaster(ModelConfig(units=(8,))), ModelConfig(units=(8,)), 1)
+    summary = {
+        "backend": keras.backend.backend(),
+        "device": probe.device,
+        "jit": probe.jit,
+        "cpus": os.cpu_count(),
+        "num_steps": NUM_STEPS,
+        "num_features": NUM_FEATURES,
+        "horizon": HORIZON,
+        "max_batch": 256,
+        "repetitions": reps,
+        "statistic": "median windows/s",
+        "results": rows,
+    }
+    if not args.json_only:
+        print(f"windows/s, median of {reps} interleaved repetitions, device={probe.device}")
+        print(table(rows))
+        print()
+    print(json.dumps(summary, indent=None if args.json_only else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The compiled fast path equals the textbook ``stateful=True`` mechanism, and the LSTM
+equals a plain numpy reference; plus the model-level properties the daemon relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from streamcast.config import SeedMode
+from streamcast.inference import Predictor
+from streamcast.model import (
+    assign_states,
+    build_forecaster,
+    build_stateful_twin,
+    flatten_states,
+    load_model,
+    read_states,
+    save_model,
+    seed_states,
+    split_states,
+    state_shapes,
+    state_width,
+)
+
+from .conftest import MODES, NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
+
+ATOL = 1e-5
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)))
+
+
+def numpy_lstm(
+    x: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    kernel: np.ndarray,
+    recurrent: np.ndarray,
+    bias: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference LSTM, Keras gate order (i, f, c, o); returns the final (h, c)."""
+    x, h, c = x.astype(np.float64), h.astype(np.float64), c.astype(np.float64)
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ recurrent + bias
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+    return h, c
+
+
+@pytest.mark.parametrize("units", UNIT_STACKS, ids=lambda u: "x".join(map(str, u)))
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_matches_stateful_twin(
+    units: tuple[int, ...], mode: SeedMode, rng: np.random.Generator
+) -> None:
+    cfg = make_cfg(units, mode)
+    model = build_forecaster(cfg)
+    n = 6
+    window, truth = split(seasonal(n, NUM_STEPS + 1, rng))
+    predictor = Predictor(model, cfg, max_batch=8)  # n=6 runs padded in bucket 8
+
+    if mode == "carry":
+        carry = (0.5 * rng.standard_normal((n, state_width(cfg)))).astype(np.float32)
+        has_carry = np.array([True, False, True, True, False, True])
+        fast = predictor.predict(window, truth, carry, has_carry)
+        seeded = flatten_states(seed_states(model, window, truth))
+        states = split_states(np.where(has_carry[:, None], carry, seeded), cfg)
+    else:
+        fast = predictor.predict(window, truth)
+        states = seed_states(model, window, truth)
+        if mode == "zeros":
+            assert not np.any(flatten_states(states))
+
+    twin = build_stateful_twin(model, cfg, n)
+    assign_states(twin, states)
+    slow = np.asarray(twin(window, training=False))
+
+    assert fast.forecast.shape == (n, cfg.horizon, cfg.num_features)
+    np.testing.assert_allclose(fast.forecast, slow, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(fast.states, flatten_states(read_states(twin)), rtol=0, atol=ATOL)
+
+
+def test_lstm_matches_numpy_reference_with_distinct_gate_weights(
+    rng: np.random.Generator,
+) -> None:
+    """One 2-unit layer over 3 steps from a given state, checked end to end.
+
+    Every gate gets different weights: with one constant for all, any gate order
+    would give the same numbers and the test could not catch a swap.
+    """
+    cfg = make_cfg((2,), "carry").model_copy(update={"num_steps": 3, "horizon": 1})
+    model = build_forecaster(cfg)
+    lstm = model.get_layer("lstm_0")
+    kernel = np.linspace(-0.6, 0.6, 2 * 8, dtype=np.float32).reshape(2, 8)
+    recurrent = np.linspace(0.5, -0.5, 2 * 8, dtype=np.float32).reshape(2, 8)
+    bias = np.array([0.1, -0.2, 1.0, 0.8, 0.3, -0.3, -0.1, 0.2], np.float32)
+    lstm.set_weights([kernel, recurrent, bias])
+
+    window = np.array([[[1.0, 10.0], [2.0, 14.0], [4.0, 9.0]]], np.float32)
+    truth = np.array([[0.0, 12.0]], np.float32)
+    h0 = np.array([[0.3, -0.2]], np.float32)
+    c0 = np.array([[-0.5, 0.7]], np.float32)
+
+    out = Predictor(model, cfg, max_batch=1).predict(
+        window, truth, np.concatenate([h0, c0], axis=1)
+    )
+
+    mean = window.mean(axis=1, keepdims=True)
+    std = window.std(axis=1, keepdims=True)  # far above the floor here
+    z = (window - mean) / std
+    h, c = numpy_lstm(z, h0, c0, kernel, recurrent, bias)
+    np.testing.assert_allclose(out.states, np.concatenate([h, c], axis=1), rtol=0, atol=1e-6)
+
+    head_kernel, head_bias = model.get_layer("head").get_weights()
+    y = np.concatenate([h, z.reshape(1, -1)], axis=1) @ head_kernel + head_bias
+    expected = y.reshape(1, 1, 2) * std + mean
+    np.testing.assert_allclose(out.forecast, expected, rtol=0, atol=1e-5)
+
+
+def test_lstm_gate_order_by_hand() -> None:
+    """Biases only: i = o = 1/2, f = 3/4, g = 1/2, so c_t = 3/4 c_{t-1} + 1/4 by hand.
+
+    From c_0 = 0.2: c = 0.4, 0.55, 0.6625 and h_3 = tanh(0.6625) / 2. Swapping any two
+    of the i, f, c, o blocks changes these numbers.
+    """
+    cfg = make_cfg((2,), "carry").model_copy(update={"num_steps": 3, "horizon": 1})
+    model = build_forecaster(cfg)
+    gate = {"i": 0.0, "f": np.log(3.0), "c": np.arctanh(0.5), "o": 0.0}
+    bias = np.repeat([gate[g] for g in "ifco"], 2).astype(np.float32)
+    model.get_layer("lstm_0").set_weights(
+        [np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32), bias]
+    )
+    window = np.arange(6, dtype=np.float32).reshape(1, 3, 2)
+    carry = np.array([[0.9, -0.9, 0.2, 0.2]], np.float32)  # h_0 has no weight to act through
+    out = Predictor(model, cfg, max_batch=1, jit_compile="off").predict(
+        window, np.zeros((1, 2), np.float32), carry
+    )
+    h3 = np.tanh(0.6625) / 2
+    np.testing.assert_allclose(out.states, [[h3, h3, 0.6625, 0.6625]], rtol=0, atol=1e-6)
+
+
+def test_carry_continues_like_the_stateful_twin(rng: np.random.Generator) -> None:
+    """Stride = num_steps: the second window starts where the first ended."""
+    cfg = make_cfg((8, 16), "carry")
+    model = build_forecaster(cfg)
+    n = 4
+    series = seasonal(n, 2 * NUM_STEPS + 1, rng)
+    w1, t1 = split(series, 0)
+    w2, t2 = split(series, NUM_STEPS)
+    predictor = Predictor(model, cfg, max_batch=4)
+
+    first = predictor.predict(w1, t1)
+    second = predictor.predict(w2, t2, carry=first.states)
+    cold = predictor.predict(w2, t2)
+
+    twin = build_stateful_twin(model, cfg, n)
+    assign_states(twin, seed_states(model, w1, t1))
+    np.testing.assert_allclose(first.forecast, twin(w1, training=False), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(second.forecast, twin(w2, training=False), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(second.states, flatten_states(read_states(twin)), atol=ATOL)
+    assert np.abs(second.forecast - cold.forecast).max() > 1e-3
+
+
+def test_save_load_round_trip_is_identical(tmp_path: Path, rng: np.random.Generator) -> None:
+    cfg = make_cfg((8, 16, 32), "carry")
+    model = build_forecaster(cfg)
+    n = 5
+    window, truth = split(seasonal(n, NUM_STEPS + 1, rng))
+    carry = rng.standard_normal((n, state_width(cfg))).astype(np.float32)
+    before = Predictor(model, cfg, max_batch=8, jit_compile="off")  # adds stepper nodes first
+    expected = before.predict(window, truth, carry)
+
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    loaded = load_model(path)
+
+    feed = {"window": window, "truth": truth}
+    np.testing.assert_array_equal(loaded.predict_on_batch(feed), model.predict_on_batch(feed))
+    after = Predictor(loaded, cfg, max_batch=8, jit_compile="off").predict(window, truth, carry)
+    np.testing.assert_array_equal(after.forecast, expected.forecast)
+    np.testing.assert_array_equal(after.states, expected.states)
+
+
+def test_forecast_follows_the_sensor_level_and_scale(rng: np.random.Generator) -> None:
+    """Instance normalisation: f(a x + b) = a f(x) + b, so any sensor range works."""
+    cfg = make_cfg((8, 8), "truth")
+    model = build_forecaster(cfg)
+    window, truth = split(seasonal(4, NUM_STEPS + 1, rng))
+    base = model.predict_on_batch({"window": window, "truth": truth})
+    a, b = 250.0, 1000.0
+    moved = model.predict_on_batch({"window": a * window + b, "truth": a * truth + b})
+    np.testing.assert_allclose(moved, a * base + b, rtol=1e-5, atol=2e-3)
+
+
+def test_gradients_reach_the_seeder_and_stay_finite_on_flat_windows(
+    rng: np.random.Generator,
+) -> None:
+    cfg = make_cfg((8, 16), "carry")
+    model = build_forecaster(cfg)
+    window, truth = split(seasonal(4, NUM_STEPS + 1, rng))
+    window[0] = 3.0  # a stuck sensor: zero variance
+    truth[0] = 3.0
+    target = rng.standard_normal((4, cfg.horizon, cfg.num_features)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        pred = model({"window": window, "truth": truth}, training=True)
+        loss = keras.ops.mean(keras.ops.square(pred - target))
+    grads = tape.gradient(loss, model.trainable_variables)
+    by_name = {v.path: g for v, g in zip(model.trainable_variables, grads, strict=True)}
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    assert np.any(by_name["seeder_c_1/kernel"] != 0)
+    assert np.any(by_name["lstm_0/lstm_cell/kernel"] != 0)
+
+
+def test_model_trains_on_seasonal_data(rng: np.random.Generator) -> None:
+    cfg = make_cfg((8, 8), "truth")
+    model = build_forecaster(cfg)
+    series = seasonal(256, NUM_STEPS + 1 + cfg.horizon, rng)
+    window, truth = split(series)
+    target = series[:, NUM_STEPS + 1 :]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    history = model.fit(
+        {"window": window, "truth": truth}, target, epochs=5, batch_size=64, verbose=0
+    )
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_seed_shapes_match_the_stack(rng: np.random.Generator) -> None:
+    cfg = make_cfg((8, 16, 32), "truth")
+    model = build_forecaster(cfg)
+    window, truth = split(seasonal(3, NUM_STEPS + 1, rng))
+    seeds = seed_states(model, window, truth)
+    assert [(h.shape, c.shape) for h, c in seeds] == state_shapes(cfg, 3)
+    assert all(np.all(np.abs(h) < 1) for h, _ in seeds)  # h is a tanh output, like an LSTM's

@@ -1,0 +1,215 @@
+"""The state API: one checked way in, shapes named on every mismatch, nothing half-done."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import streamcast.model as model_module
+from streamcast.errors import StateShapeError
+from streamcast.model import (
+    assign_states,
+    build_forecaster,
+    build_stateful_twin,
+    flatten_states,
+    lstm_layers,
+    read_states,
+    seed_states,
+    split_states,
+    state_shapes,
+    state_width,
+)
+
+from .conftest import make_cfg
+
+BATCH = 3
+UNITS = (8, 16, 32)
+
+
+@pytest.fixture(scope="module")
+def twin() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    cfg = make_cfg(UNITS, "carry")
+    return build_stateful_twin(build_forecaster(cfg), cfg, BATCH)
+
+
+def random_states(rng: np.random.Generator, units: tuple[int, ...] = UNITS) -> list[Any]:
+    return [
+        (
+            rng.standard_normal((BATCH, u)).astype(np.float32),
+            rng.standard_normal((BATCH, u)).astype(np.float32),
+        )
+        for u in units
+    ]
+
+
+def test_shapes_and_width_follow_the_config() -> None:
+    cfg = make_cfg(UNITS)
+    assert state_shapes(cfg, 5) == [((5, 8), (5, 8)), ((5, 16), (5, 16)), ((5, 32), (5, 32))]
+    assert state_width(cfg) == 2 * (8 + 16 + 32)
+
+
+def test_layers_are_named_and_stacked_in_order() -> None:
+    cfg = make_cfg(UNITS)
+    model = build_forecaster(cfg)
+    layers = lstm_layers(model)
+    assert [layer.name for layer in layers] == ["lstm_0", "lstm_1", "lstm_2"]
+    assert [layer.units for layer in layers] == list(UNITS)
+    assert [layer.return_sequences for layer in layers] == [True, True, False]
+    names = {layer.name for layer in model.layers}
+    assert {f"seeder_{s}_{k}" for s in "hc" for k in range(3)} <= names
+
+
+def test_zeros_mode_has_no_seeder_and_seeds_zeros(rng: np.random.Generator) -> None:
+    cfg = make_cfg((8, 8), "zeros")
+    model = build_forecaster(cfg)
+    assert not any(layer.name.startswith("seeder") for layer in model.layers)
+    seeds = seed_states(model, rng.standard_normal((4, 12, 2)), rng.standard_normal((4, 2)))
+    assert [(h.shape, c.shape) for h, c in seeds] == state_shapes(cfg, 4)
+    assert not any(np.any(t) for pair in seeds for t in pair)
+
+
+def test_seeder_states_depend_on_truth(rng: np.random.Generator) -> None:
+    cfg = make_cfg(UNITS, "truth")
+    model = build_forecaster(cfg)
+    window = rng.standard_normal((4, 12, 2)).astype(np.float32)
+    truth = rng.standard_normal((4, 2)).astype(np.float32)
+    seeds = seed_states(model, window, truth)
+    assert [(h.shape, c.shape) for h, c in seeds] == state_shapes(cfg, 4)
+    other = seed_states(model, window, truth + 1.0)
+    assert not np.allclose(seeds[0][0], other[0][0])
+
+
+def test_assign_then_read_back(twin: keras.Model, rng: np.random.Generator) -> None:
+    states = random_states(rng)
+    assign_states(twin, states)
+    for (h, c), (rh, rc) in zip(states, read_states(twin), strict=True):
+        np.testing.assert_array_equal(rh, h)
+        np.testing.assert_array_equal(rc, c)
+
+
+def test_assign_keeps_the_same_variables(twin: keras.Model, rng: np.random.Generator) -> None:
+    before = [list(layer.states) for layer in lstm_layers(twin)]
+    assign_states(twin, random_states(rng))
+    new = random_states(rng)
+    assign_states(twin, [(keras.ops.convert_to_tensor(h), c) for h, c in new])
+    for layer, old in zip(lstm_layers(twin), before, strict=True):
+        assert all(v is o for v, o in zip(layer.states, old, strict=True))
+    np.testing.assert_array_equal(read_states(twin)[2][0], new[2][0])
+
+
+def test_assigned_states_drive_the_next_batch(twin: keras.Model, rng: np.random.Generator) -> None:
+    """A compiled call sees assigned values (variables were updated, not detached)."""
+    window = rng.standard_normal((BATCH, 12, 2)).astype(np.float32)
+    assign_states(twin, random_states(rng))
+    first = twin.predict_on_batch(window)
+    assign_states(twin, random_states(rng))
+    second = twin.predict_on_batch(window)
+    assert not np.allclose(first, second, atol=1e-4)
+
+
+def bad_count(s: list[Any]) -> list[Any]:
+    return s[:-1]
+
+
+def bad_batch(s: list[Any]) -> list[Any]:
+    return [(np.zeros((BATCH + 1, 8), np.float32), s[0][1]), *s[1:]]
+
+
+def bad_units(s: list[Any]) -> list[Any]:
+    return [s[0], (s[1][0], np.zeros((BATCH, 8), np.float32)), s[2]]
+
+
+def truth_as_state(s: list[Any]) -> list[Any]:
+    return [(np.zeros((BATCH, 2), np.float32), s[0][1]), *s[1:]]
+
+
+def bad_rank(s: list[Any]) -> list[Any]:
+    return [s[0], s[1], (s[2][0], np.zeros((32,), np.float32))]
+
+
+def triple(s: list[Any]) -> list[Any]:
+    return [s[0], s[1], (s[2][0], s[2][1], s[2][1])]
+
+
+MISMATCHES = [
+    (bad_count, "stateful_twin", "states", (3,), (2,)),
+    (bad_batch, "lstm_0", "h", (BATCH, 8), (BATCH + 1, 8)),
+    (bad_units, "lstm_1", "c", (BATCH, 16), (BATCH, 8)),
+    (truth_as_state, "lstm_0", "h", (BATCH, 8), (BATCH, 2)),
+    (bad_rank, "lstm_2", "c", (BATCH, 32), (32,)),
+    (triple, "lstm_2", "(h, c)", (2,), (3,)),
+]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "layer", "state", "expected", "received"),
+    MISMATCHES,
+    ids=[m[0].__name__ for m in MISMATCHES],
+)
+def test_mismatch_is_named_and_nothing_is_assigned(
+    twin: keras.Model,
+    rng: np.random.Generator,
+    corrupt: Any,
+    layer: str,
+    state: str,
+    expected: tuple[int, ...],
+    received: tuple[int, ...],
+) -> None:
+    current = random_states(rng)
+    assign_states(twin, current)
+    with pytest.raises(StateShapeError) as info:
+        assign_states(twin, corrupt(random_states(rng)))
+    err = info.value
+    assert (err.layer, err.state, err.expected, err.received) == (
+        layer,
+        state,
+        expected,
+        received,
+    )
+    message = str(err)
+    for part in (repr(layer), repr(state), str(expected), str(received)):
+        assert part in message
+    for (h, c), (rh, rc) in zip(current, read_states(twin), strict=True):
+        np.testing.assert_array_equal(rh, h)
+        np.testing.assert_array_equal(rc, c)
+
+
+def test_stateless_model_refuses_assignment(rng: np.random.Generator) -> None:
+    cfg = make_cfg((8, 8))
+    model = build_forecaster(cfg)
+    with pytest.raises(StateShapeError, match=r"'lstm_0'.*not stateful"):
+        assign_states(model, random_states(rng, (8, 8)))
+    with pytest.raises(StateShapeError, match="not stateful"):
+        read_states(model)
+
+
+def test_flatten_and_split_round_trip(rng: np.random.Generator) -> None:
+    cfg = make_cfg(UNITS)
+    states = random_states(rng)
+    flat = flatten_states(states)
+    assert flat.shape == (BATCH, state_width(cfg))
+    np.testing.assert_array_equal(flat[:, 8:16], states[0][1])  # [h_0, c_0, h_1, ...]
+    for (h, c), (sh, sc) in zip(states, split_states(flat, cfg), strict=True):
+        np.testing.assert_array_equal(sh, h)
+        np.testing.assert_array_equal(sc, c)
+    with pytest.raises(StateShapeError, match=r"\(3, 112\).*\(3, 111\)"):
+        split_states(flat[:, :-1], cfg)
+
+
+def test_model_module_stays_backend_agnostic() -> None:
+    tree = ast.parse(inspect.getsource(model_module))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert not imported & {"tensorflow", "jax", "torch"}
