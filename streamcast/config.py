@@ -96,6 +96,16 @@ class KafkaSettings(_Section):
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",")]
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {server!r}")
+        return ",".join(servers)
+
     def client_options(self) -> dict[str, Any]:
         """Options shared by every Kafka client, secrets revealed only here."""
         opts: dict[str, Any] = {

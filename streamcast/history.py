@@ -149,6 +149,14 @@ class History:
         """Each sensor's values, (n, num_features) float32, oldest first."""
         return [s.ordered()[1] for s in self._series.values()]
 
+    def timestamps(self) -> list[npt.NDArray[np.float64]]:
+        """Each sensor's ts, in the order ``series()`` returns them."""
+        return [s.ordered()[0] for s in self._series.values()]
+
+    def lengths(self) -> list[int]:
+        """Readings held per sensor, in the order ``series()`` returns them."""
+        return [s.n for s in self._series.values()]
+
     def sensors(self) -> list[str]:
         """Sensor ids in the order ``series()`` returns them."""
         return list(self._series)
