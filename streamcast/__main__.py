@@ -1,0 +1,5 @@
+import sys
+
+from streamcast.cli import main
+
+sys.exit(main())

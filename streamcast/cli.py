@@ -1,0 +1,283 @@
+"""The ``streamcast`` command: run, demo, broker, simulate, train, models, config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import yaml
+
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) is not for operators;
+# errors still show. Set before TensorFlow is first imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from streamcast import __version__  # noqa: E402
+from streamcast.errors import StreamcastError  # noqa: E402
+
+logger = logging.getLogger("streamcast")
+
+EXIT_STARTUP = 3
+
+
+class StopSignals:
+    """First SIGTERM/SIGINT asks for a clean stop; a second one forces the exit.
+
+    Handlers only set the event; the previous handlers are restored on exit.
+    """
+
+    def __init__(self, stop: threading.Event, grace_s: float | None = None) -> None:
+        self.stop = stop
+        self.grace_s = grace_s
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            logger.warning("second signal: exiting now")
+            os._exit(130)
+        logger.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop.set()
+        if self.grace_s is not None:
+            # A stop that hangs past its bound must not hold the process forever.
+            timer = threading.Timer(self.grace_s, self._force_exit)
+            timer.daemon = True
+            timer.start()
+
+    def _force_exit(self) -> None:
+        logger.error("shutdown exceeded %.0fs: exiting", self.grace_s)
+        logging.shutdown()
+        os._exit(1)
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _settings(path: str | None) -> Any:
+    from streamcast.config import load_settings
+
+    return load_settings(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamcast.logs import setup_logging
+
+    try:
+        settings = _settings(args.config)
+    except StreamcastError as exc:
+        print(f"streamcast: startup failed: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    setup_logging(settings.log.level, settings.log.format)
+    from streamcast.daemon import Daemon
+
+    daemon = Daemon(settings)
+    with StopSignals(daemon.stop, grace_s=settings.shutdown_timeout_s + 5):
+        code = daemon.run()
+    if code == EXIT_STARTUP:
+        print("streamcast: startup failed (see the log line above)", file=sys.stderr)
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamcast.demo import run_demo
+
+    return run_demo(
+        duration_s=args.duration,
+        sensors=args.sensors,
+        rate=args.rate,
+        registry=args.registry,
+        log_level=args.log_level,
+    )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streamcast.embedded import EmbeddedBroker
+    from streamcast.logs import setup_logging
+
+    setup_logging("INFO")
+    stop = threading.Event()
+    with StopSignals(stop), EmbeddedBroker(host=args.host, port=args.port) as broker:
+        print(f"broker listening on {broker.bootstrap} (Ctrl-C stops it; data is in memory only)")
+        while not stop.wait(0.5):
+            if not broker.running():
+                print("streamcast: the broker exited", file=sys.stderr)
+                return 1
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streamcast.logs import setup_logging
+    from streamcast.publisher import Publisher
+
+    setup_logging("INFO")
+    stop = threading.Event()
+    pub = Publisher(
+        args.bootstrap,
+        topic=args.topic,
+        sensors=args.sensors,
+        rate=args.rate,
+        seed=args.seed,
+        malformed_share=args.malformed,
+        regime_change_at=args.regime_change_at,
+        history_steps=args.history,
+    )
+    with StopSignals(stop):
+        try:
+            sent = pub.run(count=args.count, duration_s=args.duration, stop=stop)
+        finally:
+            pub.close()
+    print(f"sent {sent} readings ({pub.malformed} malformed) to {args.topic}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streamcast.config import load_settings
+    from streamcast.logs import setup_logging
+    from streamcast.training import run_train
+
+    setup_logging("INFO")
+    overrides: dict[str, Any] = {}
+    settings = load_settings(args.config)
+    if args.max_seconds is not None:
+        overrides["max_seconds"] = args.max_seconds
+    training = settings.training.model_copy(update=overrides)
+    registry = args.registry or str(settings.registry.path)
+    run_train(
+        cfg=settings.model_spec(),
+        settings=training,
+        registry_path=registry,
+        data=args.data,
+        simulated=args.simulated,
+        sensors=args.sensors,
+        days=args.days,
+        seed=args.seed,
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from streamcast.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    versions = registry.versions()
+    if not versions:
+        print(f"no model versions in {args.registry}")
+        return 0
+    header = f"{'version':>7}  {'created':<25}  {'units':<12}  {'horizon':>7}"
+    print(header + "  val MAE (model / best baseline)")
+    for v in versions:
+        meta = registry.meta(v)
+        cfg = meta.get("model_config", {})
+        mae = _val_mae(meta.get("metrics", {}))
+        print(
+            f"{v:>7}  {meta.get('created', '?'):<25}  {cfg.get('units', '?')!s:<12}  "
+            f"{cfg.get('horizon', '?'):>7}  {mae}"
+        )
+    return 0
+
+
+def _val_mae(metrics: dict[str, Any]) -> str:
+    try:
+        scores = metrics["scores"]
+        model = scores["model"]["mean"]["mae"]
+        best = min(v["mean"]["mae"] for k, v in scores.items() if k != "model")
+        return f"{model:.4f} / {best:.4f}"
+    except (KeyError, TypeError, ValueError):
+        return "?"
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args.config)
+    except StreamcastError as exc:
+        print(f"streamcast: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    sys.stdout.write(yaml.safe_dump(settings.masked(), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamcast",
+        description="Streaming forecaster: Kafka readings in, LSTM forecasts out.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamcast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", help="YAML config file (STREAMCAST_* env vars override it)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="embedded broker + simulated sensors + the daemon, live view")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--sensors", type=int, default=20)
+    p.add_argument("--rate", type=float, default=200.0, help="readings per second, all sensors")
+    p.add_argument("--registry", default=None, help="model registry (default: a temporary dir)")
+    p.add_argument("--log-level", default="WARNING")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("simulate", help="publish simulated sensor readings")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    p.add_argument("--topic", default="streamcast.readings")
+    p.add_argument("--sensors", type=int, default=10)
+    p.add_argument("--rate", type=float, default=100.0, help="readings per second, all sensors")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--count", type=int, default=None, help="stop after N readings")
+    stop.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--history", type=int, default=0, help="backfill N steps first, unpaced")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of malformed messages")
+    p.add_argument("--regime-change-at", type=int, default=None, metavar="STEP")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a model version from a CSV or simulated data")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="CSV with header sensor,ts,v1,v2 (one row per reading)")
+    src.add_argument("--simulated", action="store_true", help="train on the simulated fleet")
+    p.add_argument("--registry", help="model registry directory (default: registry.path)")
+    p.add_argument("--config", help="YAML config file for the model shape and training")
+    p.add_argument("--sensors", type=int, default=24, help="simulated sensors")
+    p.add_argument("--days", type=int, default=28, help="simulated days")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list the versions in a model registry")
+    p.add_argument("--registry", default="registry")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="print the effective configuration, secrets masked")
+    show.add_argument("--config", help="YAML config file")
+    show.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StreamcastError as exc:
+        print(f"streamcast: {exc}", file=sys.stderr)
+        return EXIT_STARTUP if args.command in ("run", "train", "config") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
