@@ -1,0 +1,110 @@
+"""Models in the running daemon: hot swap between batches, a bad new version skipped,
+and carried states flowing from one window of a sensor to its next."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamcast.config import ModelConfig
+from streamcast.embedded import EmbeddedBroker
+from streamcast.inference import Predictor
+from streamcast.registry import ModelRegistry
+
+from .conftest import (
+    SPEC,
+    Topics,
+    train_registry,
+    consume,
+    fleet_readings,
+    forecasts_of,
+    produce_readings,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_version(daemon, version: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.served is not None and daemon.served.version == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"still serving {daemon.served.version if daemon.served else None}")
+
+
+def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
+    broker: EmbeddedBroker, topics: Topics, registry: Path, start_daemon
+) -> None:
+    readings = fleet_readings(2, 97 + 30, seed=11)
+    first, later = readings[: 2 * 100], readings[2 * 100 :]
+    produce_readings(broker, topics.readings, first)
+    running = start_daemon(settings_for(broker, topics, registry))
+    got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
+    assert {d["model_version"] for d in forecasts_of(got)} == {1}
+
+    reg = ModelRegistry(registry)
+    v1 = reg.load(1)
+    # Version 2 is corrupt (its checksum no longer matches): it must not be served.
+    bad = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
+    meta_path = reg.version_path(bad) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    time.sleep(6)  # longer than the daemon's registry check interval
+    assert running.daemon.served is not None and running.daemon.served.version == 1
+
+    good = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
+    _wait_version(running.daemon, good)
+    produce_readings(broker, topics.readings, later)
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 31)
+    assert running.stop() == 0
+    docs = forecasts_of(records)
+    later_keys = {(s, ts) for s, ts, _ in later}
+    assert {d["model_version"] for d in docs if (d["sensor"], d["ts"]) in later_keys} == {good}
+    sample = running.daemon.metrics.registry.get_sample_value
+    assert sample("streamcast_model_info", {"version": str(good)}) == 1
+    assert sample("streamcast_model_info", {"version": "1"}) is None
+
+
+@pytest.fixture(scope="module")
+def carry_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = ModelConfig(**{**SPEC.model_dump(), "seed": "carry"})
+    return train_registry(tmp_path_factory.mktemp("registry-carry"), spec)
+
+
+def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
+    broker: EmbeddedBroker, topics: Topics, carry_registry: Path, start_daemon
+) -> None:
+    steps = 97 + 96 * 2
+    readings = fleet_readings(1, steps, seed=12)
+    produce_readings(broker, topics.readings, readings)
+    settings = settings_for(
+        broker, topics, carry_registry, model={"seed": "carry"}, window={"stride": 96}
+    )
+    running = start_daemon(settings)
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 3)
+    assert running.stop() == 0
+    docs = forecasts_of(records)
+    assert [d["seed"] for d in docs] == ["carry"] * 3
+
+    loaded = ModelRegistry(carry_registry).load()
+    predictor = Predictor(loaded.model, loaded.cfg, max_batch=4, jit_compile="off")
+    values = np.stack([v for _, v in readings]).astype(np.float32)
+    carry = np.zeros((1, 2 * sum(loaded.cfg.units)), np.float32)
+    has = np.array([False])
+    for k, doc in enumerate(docs):
+        end = 96 + 96 * k  # index of the reading that completed this window
+        window = values[end - 95 : end + 1][None]
+        truth = values[end - 96][None]
+        out = predictor.predict(window, truth, carry, has)
+        np.testing.assert_allclose(np.asarray(doc["values"]), out.forecast[0], rtol=1e-4, atol=1e-3)
+        if k:  # a carried state, not the truth seed, made this forecast
+            seeded = predictor.predict(window, truth, carry, np.array([False])).forecast[0]
+            assert not np.allclose(seeded, out.forecast[0], atol=1e-3)
+        carry, has = out.states, np.array([True])

@@ -1,0 +1,179 @@
+"""Readings in, forecasts out, through the embedded broker: counts, shapes, alignment,
+seeding, dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import orjson
+import pytest
+
+from streamcast.embedded import EmbeddedBroker
+from streamcast.inference import Predictor
+from streamcast.registry import ModelRegistry
+
+from .conftest import (
+    SPEC,
+    STEP_S,
+    Topics,
+    consume,
+    fleet_readings,
+    forecasts_of,
+    produce,
+    produce_readings,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+
+SENSORS = 4
+STEPS = 96 + 1 + 40  # a full window + truth, then 40 more readings
+
+
+def _by_sensor(
+    readings: list[tuple[str, float, np.ndarray]],
+) -> dict[str, list[tuple[float, np.ndarray]]]:
+    out: dict[str, list[tuple[float, np.ndarray]]] = defaultdict(list)
+    for sensor, ts, values in readings:
+        out[sensor].append((ts, values))
+    return out
+
+
+def test_stride_1_forecasts_every_reading_with_a_full_window(
+    broker: EmbeddedBroker, topics: Topics, registry, start_daemon
+) -> None:
+    readings = fleet_readings(SENSORS, STEPS, seed=1)
+    produce_readings(broker, topics.readings, readings)
+    daemon = start_daemon(settings_for(broker, topics, registry))
+    per_sensor_expected = STEPS - (SPEC.num_steps + 1) + 1
+    want = SENSORS * per_sensor_expected
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= want)
+    assert daemon.stop() == 0
+    docs = forecasts_of(records)
+    counts = Counter(d["sensor"] for d in docs)
+    assert counts == {s: per_sensor_expected for s in _by_sensor(readings)}
+
+    series = _by_sensor(readings)
+    for rec, doc in zip(records, docs, strict=True):
+        assert rec.key.decode() == doc["sensor"]
+        assert doc["model_version"] == 1
+        assert doc["seed"] == "truth"
+        assert doc["horizon"] == SPEC.horizon
+        values = np.asarray(doc["values"])
+        assert values.shape == (SPEC.horizon, SPEC.num_features)
+        assert np.isfinite(values).all()
+        assert doc["step_s"] == pytest.approx(STEP_S, rel=1e-6)
+        assert doc["issued_at"] > 0
+    # ts alignment: the forecasts of a sensor carry the ts of the readings that completed
+    # each window, which are exactly its readings from the 97th on, in order.
+    for sensor, rows in series.items():
+        got = [d["ts"] for d in docs if d["sensor"] == sensor]
+        assert got == [ts for ts, _ in rows[SPEC.num_steps :]]
+
+
+def test_stride_96_forecasts_once_per_new_window(
+    broker: EmbeddedBroker, topics: Topics, registry, start_daemon
+) -> None:
+    steps = 97 + 96 * 2 + 10  # first window, two more full windows, then a partial one
+    readings = fleet_readings(2, steps, seed=2)
+    produce_readings(broker, topics.readings, readings)
+    daemon = start_daemon(settings_for(broker, topics, registry, window={"stride": 96}))
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 6, timeout=40)
+    # Give the daemon a moment to (wrongly) publish more before counting.
+    extra = consume(broker, topics.forecasts, until=lambda r: False, timeout=2)
+    assert daemon.stop() == 0
+    counts = Counter(d["sensor"] for d in forecasts_of(extra or records))
+    assert counts == {"sensor-000": 3, "sensor-001": 3}
+    ts = sorted(d["ts"] for d in forecasts_of(extra) if d["sensor"] == "sensor-000")
+    assert np.diff(ts).tolist() == [96 * STEP_S, 96 * STEP_S]
+
+
+def test_states_are_seeded_from_the_true_previous_reading(
+    broker: EmbeddedBroker, topics: Topics, registry, start_daemon
+) -> None:
+    """The published forecast equals the model run on that window seeded with the reading
+    just before it, and differs from what another seed would give."""
+    readings = fleet_readings(2, 97 + 3, seed=4)
+    produce_readings(broker, topics.readings, readings)
+    daemon = start_daemon(settings_for(broker, topics, registry))
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 8)
+    assert daemon.stop() == 0
+
+    model = ModelRegistry(registry).load(expect=SPEC).model
+    predictor = Predictor(model, SPEC, max_batch=8, jit_compile="off")
+    series = _by_sensor(readings)
+    for doc in forecasts_of(records):
+        rows = series[doc["sensor"]]
+        end = [ts for ts, _ in rows].index(doc["ts"])
+        window = np.stack([v for _, v in rows[end - 95 : end + 1]]).astype(np.float32)[None]
+        truth = rows[end - 96][1].astype(np.float32)[None]
+        expected = predictor.predict(window, truth).forecast[0]
+        np.testing.assert_allclose(np.asarray(doc["values"]), expected, rtol=1e-4, atol=1e-4)
+        other = predictor.predict(window, truth + 5.0).forecast[0]
+        assert not np.allclose(other, expected, atol=1e-4)
+
+
+MALFORMED: list[tuple[bytes | None, bytes, str]] = [
+    (b"sensor-000", b"{not json", "not_json"),
+    (b"sensor-000", b"[1, 2]", "not_object"),
+    (b"sensor-000", b'{"sensor": "sensor-000", "ts": 1.0}', "missing_field:values"),
+    (b"sensor-000", b'{"sensor": "sensor-000", "values": [1, 2]}', "missing_field:ts"),
+    (b"sensor-000", b'{"sensor": "sensor-000", "ts": "x", "values": [1, 2]}', "wrong_type:ts"),
+    (b"sensor-000", b'{"sensor": "sensor-000", "ts": 1.0, "values": [1]}', "wrong_length"),
+    (b"sensor-000", b'{"sensor": "sensor-000", "ts": 1.0, "values": [1e400, 2]}', "not_finite"),
+    (
+        b"sensor-000",
+        b'{"sensor": "sensor-000", "ts": 1.0, "values": [1, 2], "pad": "' + b"x" * 70_000 + b'"}',
+        "too_large",
+    ),
+    (b"other", b'{"sensor": "sensor-000", "ts": 1.0, "values": [1, 2]}', "key_mismatch"),
+]
+
+
+def test_malformed_readings_go_to_the_dead_letter_topic_and_valid_ones_all_get_forecasts(
+    broker: EmbeddedBroker, topics: Topics, registry, start_daemon
+) -> None:
+    readings = fleet_readings(1, 97 + 20, seed=5)
+    items: list[tuple[bytes | None, bytes]] = []
+    from streamcast.messages import encode_reading
+
+    for i, (sensor, ts, values) in enumerate(readings):
+        items.append((sensor.encode(), encode_reading(sensor, ts, values)))
+        if i >= 90 and i - 90 < len(MALFORMED):  # malformed among the valid ones
+            key, value, _ = MALFORMED[i - 90]
+            items.append((key, value))
+    # Replays of the past: one duplicate ts, one older ts.
+    items.append((b"sensor-000", encode_reading("sensor-000", readings[-1][1], readings[-1][2])))
+    items.append((b"sensor-000", encode_reading("sensor-000", readings[50][1], readings[50][2])))
+    produce(broker, topics.readings, items)
+    # One partition only for this test: order across malformed and valid is then total.
+    daemon = start_daemon(settings_for(broker, topics, registry))
+    want_dl = len(MALFORMED) + 2
+    letters = consume(broker, topics.dlq, until=lambda r: len(r) >= want_dl)
+    forecasts = consume(broker, topics.forecasts, until=lambda r: len(r) >= 21)
+    metrics = daemon.daemon.metrics
+    assert daemon.stop() == 0
+
+    reasons = Counter(dict(r.headers)["streamcast.reason"].decode() for r in letters)
+    expected = Counter(reason for _, _, reason in MALFORMED)
+    expected.update({"duplicate": 1, "out_of_order": 1})
+    assert reasons == expected
+    originals = {bytes(v) for _, v, _ in MALFORMED}
+    for rec in letters:
+        headers = dict(rec.headers)
+        assert headers["streamcast.source.topic"].decode() == topics.readings
+        assert int(headers["streamcast.source.offset"]) >= 0
+        assert headers["streamcast.detail"]
+        if headers["streamcast.reason"] not in (b"duplicate", b"out_of_order"):
+            assert rec.value in originals  # the bytes, unchanged
+    assert len(forecasts_of(forecasts)) == 21  # every valid reading past the first window
+    for reason, n in expected.items():
+        assert (
+            metrics.registry.get_sample_value("streamcast_dead_letters_total", {"reason": reason})
+            == n
+        )
+    assert metrics.registry.get_sample_value("streamcast_readings_total", {"outcome": "ok"}) == len(
+        readings
+    )
+    assert orjson.loads(forecasts[0].value)["sensor"] == "sensor-000"
