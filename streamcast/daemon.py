@@ -245,20 +245,18 @@ class Daemon:
     def forecast(self, batch: Ready) -> None:
         """Seed states, run the batch through the model, publish the forecasts."""
         assert self.served is not None
-        carry = has_carry = None
-        if self.spec.seed == "carry":
-            carry, has_carry = self.store.carry(batch.slots, batch.generations)
         started = time.perf_counter()
-        prediction = self.served.predictor.predict(batch.windows, batch.truths, carry, has_carry)
+        if self.spec.seed == "carry":
+            forecast = self._infer_carried(batch)
+        else:
+            forecast = self.served.predictor.predict(batch.windows, batch.truths).forecast
         self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
-        if carry is not None:
-            self.store.store_carry(batch.slots, batch.generations, prediction.states)
         values = encode_forecasts(
             batch.sensors,
             batch.ts,
             batch.step_s,
-            prediction.forecast,
+            forecast,
             issued_at=time.time(),
             model_version=self.served.version,
             seed=self.spec.seed,
@@ -266,6 +264,31 @@ class Daemon:
         self.sink.send_forecasts([s.encode() for s in batch.sensors], values)
         self._unacked_log_ts.append(batch.log_ts)
         self._dirty = True
+
+    def _infer_carried(self, batch: Ready) -> np.ndarray:
+        """Carry mode: each window starts from its sensor's states after the previous one.
+
+        A batch may hold several windows of one sensor (a burst, a catch-up); the
+        k-th of them runs in round k, after round k-1 stored the states it needs.
+        """
+        assert self.served is not None
+        order = np.argsort(batch.slots, kind="stable")
+        sorted_slots = batch.slots[order]
+        starts = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
+        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order)) - first_of_group
+        forecast = np.empty((len(batch), self.spec.horizon, self.spec.num_features), np.float32)
+        for r in range(int(rank.max()) + 1 if len(rank) else 0):
+            rows = np.flatnonzero(rank == r)
+            slots, generations = batch.slots[rows], batch.generations[rows]
+            carry, has_carry = self.store.carry(slots, generations)
+            prediction = self.served.predictor.predict(
+                batch.windows[rows], batch.truths[rows], carry, has_carry
+            )
+            self.store.store_carry(slots, generations, prediction.states)
+            forecast[rows] = prediction.forecast
+        return forecast
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         self.sink.send_dead_letters(letters)

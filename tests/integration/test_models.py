@@ -95,7 +95,7 @@ def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
 
     loaded = ModelRegistry(carry_registry).load()
     predictor = Predictor(loaded.model, loaded.cfg, max_batch=4, jit_compile="off")
-    values = np.stack([v for _, v in readings]).astype(np.float32)
+    values = np.stack([v for _, _, v in readings]).astype(np.float32)
     carry = np.zeros((1, 2 * sum(loaded.cfg.units)), np.float32)
     has = np.array([False])
     for k, doc in enumerate(docs):
