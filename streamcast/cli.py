@@ -18,8 +18,8 @@ import yaml
 # errors still show. Set before TensorFlow is first imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from streamcast import __version__  # noqa: E402
-from streamcast.errors import StreamcastError  # noqa: E402
+from streamcast import __version__
+from streamcast.errors import StreamcastError
 
 logger = logging.getLogger("streamcast")
 
@@ -98,6 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rate=args.rate,
         registry=args.registry,
         log_level=args.log_level,
+        train_seconds=args.train_seconds,
     )
 
 
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensors", type=int, default=20)
     p.add_argument("--rate", type=float, default=200.0, help="readings per second, all sensors")
     p.add_argument("--registry", default=None, help="model registry (default: a temporary dir)")
+    p.add_argument(
+        "--train-seconds",
+        type=float,
+        default=25.0,
+        help="time budget for training the first model from the stream",
+    )
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_demo)
 

@@ -42,7 +42,7 @@ class _View:
     """What the live view knows: the latest forecast per sensor and its errors once known."""
 
     pending: dict[str, dict[float, list[float]]] = field(default_factory=dict)
-    latest: dict[str, tuple[float, list[float], float | None]] = field(default_factory=dict)
+    checked: dict[str, tuple[float, float]] = field(default_factory=dict)
     errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
     persistence_errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
     last_value: dict[str, list[float]] = field(default_factory=dict)
@@ -56,7 +56,6 @@ class _View:
         self.pending.setdefault(sensor, {})[round(ts + step, 3)] = first
         if len(self.pending[sensor]) > 200:
             self.pending[sensor].pop(next(iter(self.pending[sensor])))
-        self.latest[sensor] = (ts + step, first, None)
 
     def on_reading(self, doc: dict[str, Any]) -> None:
         self.readings += 1
@@ -67,9 +66,7 @@ class _View:
             previous = self.last_value.get(sensor)
             if previous is not None:
                 self.persistence_errors.append(abs(previous[0] - values[0]))
-            at, first, _ = self.latest.get(sensor, (None, None, None))
-            if at is not None and abs(at - ts) < 1e-3 and first is not None:
-                self.latest[sensor] = (at, first, values[0])
+            self.checked[sensor] = (predicted[0], values[0])
         self.last_value[sensor] = values
 
 
@@ -84,6 +81,7 @@ def run_demo(
     rate: float = 200.0,
     registry: str | None = None,
     log_level: str = "WARNING",
+    train_seconds: float = 25.0,
 ) -> int:
     setup_logging(log_level)
     stop = threading.Event()
@@ -103,7 +101,12 @@ def run_demo(
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 2000,
             },
-            training={"bootstrap_windows": 2_000, "max_seconds": 25.0, "threads": 1},
+            # ~100 examples per sensor: the published history holds enough for that.
+            training={
+                "bootstrap_windows": max(100, min(2_000, 100 * sensors)),
+                "max_seconds": train_seconds,
+                "threads": 1,
+            },
             registry={"path": registry_path},
             http={"host": "127.0.0.1", "port": http_port},
         )
@@ -230,11 +233,11 @@ def _print_view(
         f"forecasts/s {fps:7.1f}  batch {avg_batch:5.1f}  dead letters {dead_letters}",
         flush=True,
     )
-    for sensor in sorted(view.latest)[:_WATCH]:
-        _, first, actual = view.latest[sensor]
-        got = f"{actual:8.3f}" if actual is not None else "  (soon)"
+    for sensor in sorted(view.checked)[:_WATCH]:
+        predicted, actual = view.checked[sensor]
         print(
-            f"           {sensor}: next reading forecast {first[0]:8.3f}  actual {got}",
+            f"           {sensor}: latest next-reading forecast {predicted:9.3f}  "
+            f"actual {actual:9.3f}  error {actual - predicted:+8.3f}",
             flush=True,
         )
 

@@ -1,0 +1,113 @@
+"""The commands people type: demo, broker, simulate — run as real subprocesses."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import orjson
+import pytest
+from kafka import KafkaConsumer
+
+from streamcast.embedded import EmbeddedBroker, free_port, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+def _streamcast(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamcast", *args]
+
+
+def test_demo_shows_forecasts_and_stops_by_itself() -> None:
+    done = subprocess.run(
+        _streamcast(
+            "demo", "--duration", "55", "--sensors", "4", "--rate", "40", "--train-seconds", "6"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "forecasting model v1" in out, out[-3000:]
+    number = r" +-?\d+\.\d+"
+    assert re.search(rf"sensor-000: latest next-reading forecast{number} +actual{number}", out)
+    published = int(re.search(r"forecasts published (\d+)", out).group(1))
+    assert published > 0
+    assert "next-reading MAE: model" in out
+
+
+def test_broker_command_serves_until_interrupted() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        _streamcast("broker", "--port", str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_for_port("127.0.0.1", port, 20)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert f"127.0.0.1:{port}" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_simulate_publishes_contract_readings_and_malformed_ones() -> None:
+    with EmbeddedBroker() as broker:
+        done = subprocess.run(
+            _streamcast(
+                "simulate",
+                "--bootstrap",
+                broker.bootstrap,
+                "--topic",
+                "sim",
+                "--sensors",
+                "3",
+                "--rate",
+                "1000",
+                "--count",
+                "60",
+                "--malformed",
+                "0.2",
+                "--seed",
+                "4",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        malformed = int(re.search(r"\((\d+) malformed\)", done.stdout).group(1))
+        consumer = KafkaConsumer(
+            "sim",
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+        records = list(consumer)
+        consumer.close()
+    assert len(records) == 60 + malformed
+    good = []
+    for rec in records:
+        try:
+            doc = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            continue
+        valid = isinstance(doc, dict) and len(doc.get("values", [])) == 2 and "ts" in doc
+        if valid and all(abs(v) < 1e300 for v in doc["values"]):
+            good.append((rec.key.decode(), doc))
+    assert len(good) == 60
+    for key, doc in good:
+        assert key == doc["sensor"]
+    per_sensor: dict[str, list[float]] = {}
+    for _, doc in good:
+        per_sensor.setdefault(doc["sensor"], []).append(doc["ts"])
+    assert len(per_sensor) == 3
+    assert all(ts == sorted(ts) and len(set(ts)) == len(ts) for ts in per_sensor.values())
