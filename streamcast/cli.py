@@ -152,6 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.max_seconds is not None:
         overrides["max_seconds"] = args.max_seconds
+    # Offline training has the machine to itself (the daemon's trainer keeps to
+    # training.threads so inference keeps a core).
+    overrides["threads"] = args.threads
     training = settings.training.model_copy(update=overrides)
     registry = args.registry or str(settings.registry.path)
     run_train(
@@ -263,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=28, help="simulated days")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the versions in a model registry")

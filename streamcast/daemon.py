@@ -91,6 +91,7 @@ class Daemon:
         self._ready_sent = False
         self._next_registry_check = 0.0
         self._rejected_version = 0
+        self._warned: dict[str, float] = {}
         #: Called at the top of every loop iteration; tests use it to stall the loop.
         self.loop_hook: Callable[[], None] | None = None
         self._resources = contextlib.ExitStack()
@@ -111,10 +112,12 @@ class Daemon:
         try:
             self.main_loop()
         except DeliveryError as exc:
-            logger.error("delivery failed, offsets left uncommitted: %s", exc)
+            logger.error(
+                "delivery failed, offsets left uncommitted: %s", exc, extra={"ctx": self._ctx()}
+            )
             code = EXIT_FATAL
         except Exception:
-            logger.exception("main loop failed")
+            logger.exception("main loop failed", extra={"ctx": self._ctx()})
             code = EXIT_FATAL
         self.shutdown(drain=code == EXIT_OK)
         return code
@@ -195,7 +198,10 @@ class Daemon:
                     self.forecast(self.batcher.take(time.monotonic()))
                 self.deliver(timeout_s=max(0.5, deadline - time.monotonic() - 1.0))
             except Exception:
-                logger.exception("could not finish the last batch; its readings stay uncommitted")
+                logger.exception(
+                    "could not finish the last batch; its readings stay uncommitted",
+                    extra={"ctx": self._ctx()},
+                )
         if self.training is not None:
             self.training.stop()
         self._resources.close()
@@ -294,14 +300,25 @@ class Daemon:
         self.sink.send_dead_letters(letters)
         for dl in letters:
             self.metrics.dead_letters.labels(dl.reason).inc()
-            logger.debug(
-                "dead letter reason=%s topic=%s partition=%d offset=%d detail=%s",
-                dl.reason,
-                dl.topic,
-                dl.partition,
-                dl.offset,
-                dl.detail,
-            )
+            # Bad input is data, not an incident: one warning per reason per minute,
+            # with its context; every one is counted in the metrics.
+            now = time.monotonic()
+            if now - self._warned.get(dl.reason, -math.inf) >= 60.0:
+                self._warned[dl.reason] = now
+                logger.warning(
+                    "dead letter (further ones with this reason are counted, not logged, "
+                    "for a minute): %s",
+                    dl.detail,
+                    extra={
+                        "ctx": {
+                            "reason": dl.reason,
+                            "topic": dl.topic,
+                            "partition": dl.partition,
+                            "offset": dl.offset,
+                            "sensor": (dl.key or b"").decode("utf-8", "replace"),
+                        }
+                    },
+                )
 
     def deliver(self, timeout_s: float | None = None) -> None:
         """Wait for the broker's acks, then commit what they cover."""
@@ -327,7 +344,9 @@ class Daemon:
             self._dirty = False
         except Exception as exc:  # a rebalance in progress; the next commit covers it
             self.metrics.commits.labels("failed").inc()
-            logger.warning("commit failed offsets=%s error=%s", offsets, exc)
+            logger.warning(
+                "commit failed: %s", exc, extra={"ctx": {**self._ctx(), "offsets": offsets}}
+            )
 
     # -- models ------------------------------------------------------------------------------
 
@@ -459,6 +478,15 @@ class Daemon:
         self.health.partitions = len(partitions)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _ctx(self) -> dict[str, Any]:
+        """What every error line names: where the daemon reads, writes, and what serves."""
+        return {
+            "topic": self.settings.kafka.input_topic,
+            "group": self.settings.kafka.group_id,
+            "partitions": sorted(self.processed),
+            "model_version": self.served.version if self.served else None,
+        }
 
     def heartbeat(self) -> None:
         self.health.beat()

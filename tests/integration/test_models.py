@@ -18,12 +18,12 @@ from streamcast.registry import ModelRegistry
 from .conftest import (
     SPEC,
     Topics,
-    train_registry,
     consume,
     fleet_readings,
     forecasts_of,
     produce_readings,
     settings_for,
+    train_registry,
 )
 
 pytestmark = pytest.mark.integration
