@@ -65,18 +65,21 @@ class StopSignals:
 
 
 def _settings(path: str | None) -> Any:
+    """The validated settings, or None after printing the one line that says why not."""
     from streamcast.config import load_settings
 
-    return load_settings(path)
+    try:
+        return load_settings(path)
+    except StreamcastError as exc:
+        print(f"streamcast: startup failed: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streamcast.logs import setup_logging
 
-    try:
-        settings = _settings(args.config)
-    except StreamcastError as exc:
-        print(f"streamcast: startup failed: {exc}", file=sys.stderr)
+    settings = _settings(args.config)
+    if settings is None:
         return EXIT_STARTUP
     setup_logging(settings.log.level, settings.log.format)
     from streamcast.daemon import Daemon
@@ -202,10 +205,8 @@ def _val_mae(metrics: dict[str, Any]) -> str:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings(args.config)
-    except StreamcastError as exc:
-        print(f"streamcast: {exc}", file=sys.stderr)
+    settings = _settings(args.config)
+    if settings is None:
         return EXIT_STARTUP
     sys.stdout.write(yaml.safe_dump(settings.masked(), sort_keys=False))
     return 0

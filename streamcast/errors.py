@@ -55,3 +55,7 @@ class DeliveryError(StreamcastError):
 
 class StartupError(StreamcastError):
     """Start-up cannot complete (broker unreachable, model missing); exit code 3."""
+
+    @classmethod
+    def broker_unreachable(cls, servers: str, timeout_s: float, cause: Exception) -> StartupError:
+        return cls(f"broker unreachable at {servers} within {timeout_s:g}s: {cause}")

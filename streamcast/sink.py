@@ -40,9 +40,8 @@ class KafkaSink:
                 bootstrap_timeout_ms=int(kafka.startup_timeout_s * 1000),
             )
         except KafkaError as exc:
-            raise StartupError(
-                f"broker unreachable at {kafka.bootstrap_servers} "
-                f"within {kafka.startup_timeout_s:g}s: {exc}"
+            raise StartupError.broker_unreachable(
+                kafka.bootstrap_servers, kafka.startup_timeout_s, exc
             ) from exc
         self._pending: list[Any] = []
 
