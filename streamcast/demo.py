@@ -39,35 +39,47 @@ _WATCH = 3  # sensors shown in the live view
 
 @dataclass
 class _View:
-    """What the live view knows: the latest forecast per sensor and its errors once known."""
+    """Each forecast's first step checked against the sensor's next reading.
 
-    pending: dict[str, dict[float, list[float]]] = field(default_factory=dict)
+    The view reads both topics, so a forecast may arrive before or after the reading
+    it predicts; both orders are matched.
+    """
+
+    recent: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+    pending: dict[str, deque[tuple[float, float, float]]] = field(default_factory=dict)
     checked: dict[str, tuple[float, float]] = field(default_factory=dict)
     errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
     persistence_errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
-    last_value: dict[str, list[float]] = field(default_factory=dict)
     forecasts: int = 0
     readings: int = 0
 
     def on_forecast(self, doc: dict[str, Any]) -> None:
         self.forecasts += 1
-        sensor, ts, step = doc["sensor"], float(doc["ts"]), float(doc["step_s"])
-        first = doc["values"][0]
-        self.pending.setdefault(sensor, {})[round(ts + step, 3)] = first
-        if len(self.pending[sensor]) > 200:
-            self.pending[sensor].pop(next(iter(self.pending[sensor])))
+        sensor, ts = doc["sensor"], float(doc["ts"])
+        predicted = float(doc["values"][0][0])
+        recent = self.recent.get(sensor, ())
+        last = next((v for t, v in recent if t == ts), None)
+        if last is None:
+            return  # the window's last reading was not seen by the view
+        after = next(((t, v) for t, v in recent if t > ts), None)
+        if after is not None:
+            self._check(sensor, predicted, last, after[1])
+        else:
+            self.pending.setdefault(sensor, deque(maxlen=200)).append((ts, predicted, last))
 
     def on_reading(self, doc: dict[str, Any]) -> None:
         self.readings += 1
-        sensor, ts, values = doc["sensor"], float(doc["ts"]), doc["values"]
-        predicted = self.pending.get(sensor, {}).pop(round(ts, 3), None)
-        if predicted is not None:
-            self.errors.append(abs(predicted[0] - values[0]))
-            previous = self.last_value.get(sensor)
-            if previous is not None:
-                self.persistence_errors.append(abs(previous[0] - values[0]))
-            self.checked[sensor] = (predicted[0], values[0])
-        self.last_value[sensor] = values
+        sensor, ts, value = doc["sensor"], float(doc["ts"]), float(doc["values"][0])
+        waiting = self.pending.get(sensor)
+        while waiting and waiting[0][0] < ts:
+            _, predicted, last = waiting.popleft()
+            self._check(sensor, predicted, last, value)
+        self.recent.setdefault(sensor, deque(maxlen=400)).append((ts, value))
+
+    def _check(self, sensor: str, predicted: float, last: float, actual: float) -> None:
+        self.errors.append(abs(predicted - actual))
+        self.persistence_errors.append(abs(last - actual))
+        self.checked[sensor] = (predicted, actual)
 
 
 def _mean(values: deque[float]) -> float:
