@@ -43,9 +43,15 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a supervisor that does not read must never stall the loop.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto("\n".join(lines).encode(), self._address)
             return True
+        except BlockingIOError:
+            logger.debug("sd_notify dropped (the receiver's queue is full) message=%s", lines)
+            return False
         except OSError as exc:
             logger.warning("sd_notify failed error=%s", exc)
             return False

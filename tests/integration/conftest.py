@@ -253,11 +253,13 @@ def streamcast_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_run(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def spawn_run(
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "streamcast", "run"],
-            env=streamcast_env(settings),
+            env={**streamcast_env(settings), **(extra_env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

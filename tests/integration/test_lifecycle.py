@@ -3,9 +3,14 @@ start-up failures, and the first model trained from the stream."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,14 +54,43 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
         broker, topics, registry, kafka={"max_poll_records": 50}, inference={"max_batch": 16}
     )
     log = tmp_path / "daemon.log"
+    # Run the first daemon as systemd would (Type=notify, WatchdogSec=1).
+    notify_dir = tempfile.mkdtemp(prefix="sc-")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(f"{notify_dir}/notify")
+    notify.settimeout(0.2)
+    messages: list[str] = []
+    listening = threading.Event()
+    listening.set()
 
-    proc = spawn_run(settings, log)
+    def listen() -> None:  # as systemd does: read every message as it comes
+        while listening.is_set():
+            with contextlib.suppress(TimeoutError):
+                messages.append(notify.recv(4096).decode())
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    systemd_env = {"NOTIFY_SOCKET": f"{notify_dir}/notify", "WATCHDOG_USEC": "1000000"}
+
+    proc = spawn_run(settings, log, systemd_env)
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 40, timeout=90)
     assert len(got) >= 40, log.read_text()[-3000:]
+    time.sleep(1.2)  # at least two watchdog intervals while forecasting
     proc.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
     assert _wait_exit(proc, 30) == 0, log.read_text()[-3000:]
     assert time.monotonic() - stopped_at < settings.shutdown_timeout_s + 2
+    time.sleep(0.3)
+    listening.clear()
+    listener.join()
+    notify.close()
+    shutil.rmtree(notify_dir)
+    lines = [line for m in messages for line in m.split("\n")]
+    assert "READY=1" in lines
+    assert lines.count("WATCHDOG=1") >= 2
+    assert lines.index("READY=1") < len(lines) - 1 - lines[::-1].index("WATCHDOG=1")
+    assert "STOPPING=1" in lines
+    assert any(line.startswith("STATUS=forecasting with model version 1") for line in lines)
 
     produce_readings(broker, topics.readings, readings[split:])
     proc = spawn_run(settings, log)

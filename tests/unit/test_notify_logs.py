@@ -69,3 +69,13 @@ def test_text_log_lines_append_context_as_key_value() -> None:
     handler.setFormatter(TextFormatter())
     handler.emit(_record("model rejected", ctx={"model_version": 3}))
     assert stream.getvalue().rstrip().endswith("model rejected model_version=3")
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(tmp_path: Path) -> None:
+    sock, path = _socket(tmp_path)
+    n = Notifier({"NOTIFY_SOCKET": path})
+    sent = [n.send(f"STATUS={i}") for i in range(500)]  # far past the datagram queue
+    assert sent[0] is True
+    assert sent[-1] is False  # dropped, not waited for
+    n.close()
+    sock.close()
