@@ -593,12 +593,11 @@ def load_csv(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.nda
             if not sensor:
                 raise ValueError(f"{p}:{line}: empty sensor id")
             try:
-                nums = [float(c) for c in row[1:]]
+                when = _parse_ts(row[1])
+                nums = [_parse_value(c) for c in row[2:]]
             except ValueError as exc:
-                raise ValueError(f"{p}:{line}: not a number ({exc})") from None
-            if not all(math.isfinite(v) for v in nums):
-                raise ValueError(f"{p}:{line}: non-finite ts or value")
-            rows.setdefault(sensor, []).append((nums[0], nums[1:]))
+                raise ValueError(f"{p}:{line}: {exc}") from None
+            rows.setdefault(sensor, []).append((when, nums))
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for sensor, items in rows.items():
         ts = np.array([t for t, _ in items], dtype=np.float64)
@@ -612,6 +611,56 @@ def load_csv(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.nda
     if not out:
         raise ValueError(f"{p}: no data rows")
     return out
+
+
+def _parse_ts(text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (no zone means UTC) as real exports often have."""
+    text = text.strip()
+    try:
+        ts = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"ts {text!r} is neither epoch seconds nor ISO 8601") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ts = when.timestamp()
+    if not math.isfinite(ts):
+        raise ValueError(f"ts {text!r} is not finite")
+    return ts
+
+
+def _parse_value(text: str) -> float:
+    """A number; an empty cell (or nan) is a missing reading, kept as a gap."""
+    text = text.strip()
+    if not text or text.lower() in ("nan", "na", "null"):
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"value {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"value {text!r} is not finite")
+    return value
+
+
+def split_at_gaps(
+    ts: np.ndarray, values: np.ndarray, gap_factor: float = 3.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut a series where readings are missing for longer than ``gap_factor`` steps.
+
+    A window must not bridge an outage, as the daemon restarts a window after one;
+    training examples are therefore made from each gap-free piece separately.
+    """
+    if len(ts) < 3:
+        return [(ts, values)]
+    d = np.diff(ts)
+    step = float(np.median(d))
+    cuts = np.flatnonzero(d > gap_factor * step) + 1
+    return [
+        (t, v) for t, v in zip(np.split(ts, cuts), np.split(values, cuts), strict=True) if len(t)
+    ]
 
 
 def run_train(
@@ -630,11 +679,15 @@ def run_train(
         raise ValueError("give either a CSV file or simulated=True, not both")
     if data is not None:
         loaded = load_csv(data)
-        names = sorted(loaded)
-        timestamps = [loaded[n][0] for n in names]
-        series = [loaded[n][1] for n in names]
+        names, timestamps, series = [], [], []
+        for name in sorted(loaded):
+            for ts, values in split_at_gaps(*loaded[name]):
+                names.append(name)
+                timestamps.append(ts)
+                series.append(values)
         _warn_irregular(names, timestamps)
-        source = f"{data} ({len(names)} sensors)"
+        pieces = f", {len(series)} gap-free pieces" if len(series) > len(loaded) else ""
+        source = f"{data} ({len(loaded)} sensors{pieces})"
     elif simulated:
         fleet = SensorFleet(sensors, seed=seed, num_features=cfg.num_features)
         ts, values = fleet.series(round(days * DAY_S / fleet.step_s))

@@ -23,6 +23,7 @@ from streamcast.training import (
     make_examples_many,
     run_train,
     score_model,
+    split_at_gaps,
     split_series,
     split_sizes,
     train,
@@ -167,13 +168,36 @@ def test_load_csv_sorts_and_groups(tmp_path: Path) -> None:
     assert data["a"][1].shape == (2, 3)
 
 
+def test_load_csv_takes_iso_times_and_keeps_empty_cells_as_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "real.csv"
+    path.write_text(
+        "sensor,ts,v1,v2\n"
+        "p,2026-01-01T00:15:00Z,1.5,\n"
+        "p,2026-01-01T00:00:00,1.0,2.0\n"
+        "p,1767227400,2.0,nan\n"
+    )
+    ts, values = load_csv(path)["p"]
+    assert ts.tolist() == [1767225600.0, 1767226500.0, 1767227400.0]
+    assert values[0].tolist() == [1.0, 2.0]
+    assert np.isnan(values[1, 1]) and values[1, 0] == 1.5
+
+
+def test_split_at_gaps_cuts_where_readings_stop() -> None:
+    ts = np.array([0, 900, 1800, 2700, 9000, 9900, 10800], dtype=np.float64)
+    values = np.arange(14, dtype=np.float64).reshape(7, 2)
+    pieces = split_at_gaps(ts, values)
+    assert [p[0].tolist() for p in pieces] == [[0, 900, 1800, 2700], [9000, 9900, 10800]]
+    assert pieces[1][1][0].tolist() == [8.0, 9.0]
+
+
 @pytest.mark.parametrize(
     ("body", "line", "what"),
     [
         ("a,1,2,3\na,2,x,3\n", 3, "not a number"),
         ("a,1,2,3\na,2,3\n", 3, "fields"),
         ("a,1,2,3\n,2,3,4\n", 3, "sensor"),
-        ("a,1,2,3\na,2,nan,4\n", 3, "non-finite"),
+        ("a,1,2,3\na,2,inf,4\n", 3, "not finite"),
+        ("a,1,2,3\na,yesterday,3,4\n", 3, "ISO 8601"),
     ],
 )
 def test_load_csv_names_file_and_line(tmp_path: Path, body: str, line: int, what: str) -> None:
