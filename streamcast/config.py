@@ -50,7 +50,7 @@ class ModelConfig(_Section):
 
     num_steps: int = Field(96, ge=2, le=10_000)
     num_features: int = Field(2, ge=1, le=1_000)
-    units: tuple[int, ...] = Field((32, 32), min_length=1)
+    units: tuple[int, ...] = Field((16, 16), min_length=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     horizon: int = Field(96, ge=1, le=10_000)
     seed: SeedMode = "truth"
@@ -146,7 +146,7 @@ class WindowSettings(_Section):
 
 class ModelSettings(_Section):
     num_features: int = Field(2, ge=1, le=1_000)
-    units: Annotated[tuple[int, ...], NoDecode] = Field((32, 32), min_length=1)
+    units: Annotated[tuple[int, ...], NoDecode] = Field((16, 16), min_length=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     horizon: int = Field(96, ge=1, le=10_000)
     seed: SeedMode = "truth"

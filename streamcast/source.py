@@ -61,7 +61,6 @@ class KafkaSource:
         self.replay_until: dict[int, int] = {}
         #: partition → next offset to be consumed, as last polled (read by the lag collector).
         self.positions: dict[int, int] = {}
-        self.rebalances = 0
         self._unsettled: list[TopicPartition] = []
         self.paused = False
         try:
@@ -93,7 +92,6 @@ class KafkaSource:
         self._on_revoked(partitions)
 
     def _assigned(self, assigned: list[TopicPartition]) -> None:
-        self.rebalances += 1
         logger.info(
             "partitions assigned topic=%s partitions=%s",
             self.topic,
