@@ -82,6 +82,7 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     compression_type: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "lz4"
     linger_ms: int = Field(5, ge=0)
+    producer_batch_bytes: int = Field(524_288, ge=1_024)
     delivery_timeout_s: float = Field(30.0, gt=0)
     startup_timeout_s: float = Field(30.0, gt=0)
     max_message_bytes: int = Field(65_536, ge=64)

@@ -37,6 +37,9 @@ class KafkaSink:
                 if kafka.compression_type == "none"
                 else kafka.compression_type,
                 max_request_size=max(1_048_576, 4 * kafka.max_message_bytes),
+                # Forecasts are ~2.5 KB each and come in bursts of a batch: big
+                # producer batches compress better and need far fewer requests.
+                batch_size=kafka.producer_batch_bytes,
                 bootstrap_timeout_ms=int(kafka.startup_timeout_s * 1000),
             )
         except KafkaError as exc:
