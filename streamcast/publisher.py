@@ -40,6 +40,8 @@ class Publisher:
     sent: int = 0
     malformed: int = 0
 
+    _limit: int | None = None
+
     def __post_init__(self) -> None:
         # Simulated time: the backfilled history ends about now, then runs accelerated.
         step_s = 900.0
@@ -62,6 +64,8 @@ class Publisher:
             logger.info("regime change injected step=%d", step)
         send = self.producer.send
         for key, sensor, row in zip(self._keys, self.fleet.sensor_ids, values, strict=True):
+            if self._limit is not None and self.sent >= self._limit:
+                return
             if self.malformed_share and self._rng.random() < self.malformed_share:
                 bad = _MALFORMED[int(self._rng.integers(len(_MALFORMED)))]
                 send(self.topic, key=key, value=bad)
@@ -78,6 +82,7 @@ class Publisher:
     ) -> int:
         """Backfill ``history_steps`` as fast as possible, then stream at ``rate``."""
         stop = stop or threading.Event()
+        self._limit = count
         step = 0
         for _ in range(self.history_steps):
             if stop.is_set():
