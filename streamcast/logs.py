@@ -51,3 +51,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # The client's event loop warns whenever a task runs past 100 ms, which a busy
+    # 2-core machine does routinely; it says nothing an operator can act on.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
