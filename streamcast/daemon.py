@@ -27,6 +27,7 @@ from streamcast.history import History
 from streamcast.http import Health, HttpServer
 from streamcast.messages import DeadLetter, Readings, decode_records, encode_forecasts
 from streamcast.metrics import Metrics
+from streamcast.model import state_width
 from streamcast.notify import Notifier
 from streamcast.registry import ModelRegistry
 from streamcast.sink import KafkaSink
@@ -79,7 +80,7 @@ class Daemon:
             self.spec.num_features,
             stride=settings.window.stride,
             gap_factor=settings.window.gap_factor,
-            state_width=2 * sum(self.spec.units) if self.spec.seed == "carry" else 0,
+            state_width=state_width(self.spec) if self.spec.seed == "carry" else 0,
         )
         self.batcher = Batcher(settings.inference.max_batch, settings.inference.max_wait_ms / 1000)
         self.history: History | None = None
