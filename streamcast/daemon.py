@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -385,9 +386,14 @@ class Daemon:
             self.health.phase = "training"
             self.deliver()
             self.source.pause()
+            # Nothing is forecast until version 1 exists, so its training may use every
+            # core; later retraining keeps to training.threads and leaves inference a core.
+            first = self.settings.training.model_copy(
+                update={"threads": max(self.settings.training.threads, os.cpu_count() or 1)}
+            )
             self.training = TrainingJob(
                 self.spec,
-                self.settings.training,
+                first,
                 self.settings.registry.path,
                 self.history.series(),
                 self.history.timestamps(),
