@@ -35,55 +35,119 @@ _PARTITIONS = 4
 _HISTORY_STEPS = 400  # ~4 simulated days per sensor, published before the live stream
 _VIEW_EVERY_S = 2.0
 _WATCH = 3  # sensors shown in the live view
+_KEEP = 1_000  # readings per sensor the view keeps to score forecasts
+
+
+@dataclass
+class _Series:
+    """One sensor's recent first-feature readings, addressable by arrival index."""
+
+    base: int = 0
+    values: list[float] = field(default_factory=list)
+    index: dict[float, int] = field(default_factory=dict)  # ts -> arrival index
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.values)
+
+    def add(self, ts: float, value: float) -> None:
+        self.index[ts] = self.end
+        self.values.append(value)
+        if len(self.values) > 4 * _KEEP:  # keep memory flat in a long demo
+            drop = len(self.values) - _KEEP
+            self.values = self.values[drop:]
+            self.base += drop
+            self.index = {t: i for t, i in self.index.items() if i >= self.base}
+
+    def span(self, start: int, stop: int) -> list[float] | None:
+        if start < self.base or stop > self.end:
+            return None
+        return self.values[start - self.base : stop - self.base]
+
+
+@dataclass
+class _Waiting:
+    i: int  # arrival index of the window's last reading
+    forecast: list[float]
+    next_scored: bool = False
 
 
 @dataclass
 class _View:
-    """Each forecast's first step checked against the sensor's next reading.
+    """Forecasts checked against what happened: the next reading, and the whole horizon
+    once it has passed, each next to the persistence and seasonal-naive baselines.
 
-    The view reads both topics, so a forecast may arrive before or after the reading
+    The view reads both topics, so a forecast may arrive before or after the readings
     it predicts; both orders are matched.
     """
 
-    recent: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
-    pending: dict[str, deque[tuple[float, float, float]]] = field(default_factory=dict)
+    horizon: int = 96
+    series: dict[str, _Series] = field(default_factory=dict)
+    waiting: dict[str, deque[_Waiting]] = field(default_factory=dict)
     checked: dict[str, tuple[float, float]] = field(default_factory=dict)
-    errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
-    persistence_errors: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
+    errors: dict[str, deque[float]] = field(default_factory=dict)
     forecasts: int = 0
     readings: int = 0
 
     def on_forecast(self, doc: dict[str, Any]) -> None:
         self.forecasts += 1
-        sensor, ts = doc["sensor"], float(doc["ts"])
-        predicted = float(doc["values"][0][0])
-        recent = self.recent.get(sensor, ())
-        last = next((v for t, v in recent if t == ts), None)
-        if last is None:
+        sensor = doc["sensor"]
+        s = self.series.get(sensor)
+        i = s.index.get(float(doc["ts"])) if s else None
+        if s is None or i is None:
             return  # the window's last reading was not seen by the view
-        after = next(((t, v) for t, v in recent if t > ts), None)
-        if after is not None:
-            self._check(sensor, predicted, last, after[1])
-        else:
-            self.pending.setdefault(sensor, deque(maxlen=200)).append((ts, predicted, last))
+        forecast = [float(row[0]) for row in doc["values"]]
+        waiting = self.waiting.setdefault(sensor, deque())
+        waiting.append(_Waiting(i, forecast))
+        self._resolve(sensor, s, waiting)
 
     def on_reading(self, doc: dict[str, Any]) -> None:
         self.readings += 1
-        sensor, ts, value = doc["sensor"], float(doc["ts"]), float(doc["values"][0])
-        waiting = self.pending.get(sensor)
-        while waiting and waiting[0][0] < ts:
-            _, predicted, last = waiting.popleft()
-            self._check(sensor, predicted, last, value)
-        self.recent.setdefault(sensor, deque(maxlen=400)).append((ts, value))
+        sensor = doc["sensor"]
+        s = self.series.setdefault(sensor, _Series())
+        s.add(float(doc["ts"]), float(doc["values"][0]))
+        waiting = self.waiting.get(sensor)
+        if waiting:
+            self._resolve(sensor, s, waiting)
 
-    def _check(self, sensor: str, predicted: float, last: float, actual: float) -> None:
-        self.errors.append(abs(predicted - actual))
-        self.persistence_errors.append(abs(last - actual))
-        self.checked[sensor] = (predicted, actual)
+    def _resolve(self, sensor: str, s: _Series, waiting: deque[_Waiting]) -> None:
+        """Score each forecast's next step once it is known, and its whole horizon once
+        that has passed."""
+        for entry in reversed(waiting):  # the newest first; older ones are already scored
+            if entry.next_scored:
+                break
+            nxt = s.span(entry.i + 1, entry.i + 2)
+            last = s.span(entry.i, entry.i + 1)
+            if nxt is None or last is None:
+                continue
+            entry.next_scored = True
+            self.checked[sensor] = (entry.forecast[0], nxt[0])
+            self._score("next_model", abs(entry.forecast[0] - nxt[0]))
+            self._score("next_persistence", abs(last[0] - nxt[0]))
+        h = self.horizon
+        while waiting and waiting[0].i + h < s.end:
+            entry = waiting.popleft()
+            actual = s.span(entry.i + 1, entry.i + 1 + h)
+            history = s.span(entry.i + 1 - h, entry.i + 1)
+            if actual is None or history is None:
+                continue
+            self._score("model", _mae(entry.forecast, actual))
+            self._score("persistence", _mae([history[-1]] * h, actual))
+            self._score("seasonal", _mae(history, actual))
+
+    def _score(self, name: str, error: float) -> None:
+        self.errors.setdefault(name, deque(maxlen=5_000)).append(error)
+
+    def mean(self, name: str) -> float:
+        values = self.errors.get(name)
+        return sum(values) / len(values) if values else float("nan")
+
+    def count(self, name: str) -> int:
+        return len(self.errors.get(name, ()))
 
 
-def _mean(values: deque[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _mae(forecast: list[float], actual: list[float]) -> float:
+    return sum(abs(f - a) for f, a in zip(forecast, actual, strict=True)) / len(actual)
 
 
 def run_demo(
@@ -272,8 +336,16 @@ def _summary(view: _View, metrics: Metrics, daemon: Daemon, elapsed: float) -> N
     )
     if inference > 0:
         print(f"  inference throughput {forecasts / inference:,.0f} windows/s of model time")
-    if view.errors:
+    if view.count("next_model"):
         print(
-            f"  next-reading MAE: model {_mean(view.errors):.3f} vs persistence "
-            f"{_mean(view.persistence_errors):.3f} over {len(view.errors)} checked forecasts"
+            f"  next reading, MAE: model {view.mean('next_model'):.3f}, persistence "
+            f"{view.mean('next_persistence'):.3f} ({view.count('next_model')} forecasts)"
         )
+    if view.count("model"):
+        print(
+            f"  whole {view.horizon}-step horizon, MAE: model {view.mean('model'):.3f}, "
+            f"persistence {view.mean('persistence'):.3f}, seasonal naive "
+            f"{view.mean('seasonal'):.3f} ({view.count('model')} forecasts)"
+        )
+    else:
+        print(f"  (no forecast's {view.horizon}-step horizon has passed yet to score it)")

@@ -36,7 +36,8 @@ def test_demo_shows_forecasts_and_stops_by_itself() -> None:
     assert re.search(rf"sensor-000: latest next-reading forecast{number} +actual{number}", out)
     published = int(re.search(r"forecasts published (\d+)", out).group(1))
     assert published > 0
-    assert "next-reading MAE: model" in out
+    assert "next reading, MAE: model" in out
+    assert re.search(r"whole 96-step horizon, MAE: model [\d.]+, persistence [\d.]+, seasonal", out)
 
 
 def test_broker_command_serves_until_interrupted() -> None:

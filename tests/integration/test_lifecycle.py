@@ -204,7 +204,9 @@ def test_model_that_does_not_fit_the_config_stops_startup(
     assert "num_steps" in done.stderr
 
 
-def test_config_show_prints_effective_values_with_secrets_masked(broker: EmbeddedBroker, topics: Topics, registry: Path) -> None:
+def test_config_show_prints_effective_values_with_secrets_masked(
+    broker: EmbeddedBroker, topics: Topics, registry: Path
+) -> None:
     """``config show`` prints the effective config with secrets masked."""
     env = streamcast_env(settings_for(broker, topics, registry))
     env["STREAMCAST_KAFKA__SASL_PLAIN_PASSWORD"] = "hunter2-secret"
