@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO
@@ -126,15 +125,6 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def embedded_broker(host: str = "127.0.0.1", port: int = 0) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(host=host, port=port).start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
