@@ -32,9 +32,9 @@ except ImportError:  # run from a checkout without installing
 import keras
 import numpy as np
 
-from streamcast.config import ModelConfig
-from streamcast.inference import Predictor
+from streamcast.config import ModelSpec
 from streamcast.model import build_forecaster
+from streamcast.model.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,12 @@ def rate(fn: Callable[[], object], n: int, min_seconds: float) -> float:
 
 
 def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[str, Any]]:
-    cfg = ModelConfig(
-        num_steps=NUM_STEPS, num_features=NUM_FEATURES, units=units, horizon=HORIZON, seed="truth"
+    cfg = ModelSpec(
+        num_steps=NUM_STEPS,
+        num_features=NUM_FEATURES,
+        units=units,
+        horizon=HORIZON,
+        seeding="truth",
     )
     model = build_forecaster(cfg)
     predictor = Predictor(model, cfg)
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for units in STACKS:
         rows.extend(measure(units, reps, min_seconds))
-    probe = Predictor(build_forecaster(ModelConfig(units=(8,))), ModelConfig(units=(8,)), 1)
+    probe = Predictor(build_forecaster(ModelSpec(units=(8,))), ModelSpec(units=(8,)), 1)
     summary = {
         "backend": keras.backend.backend(),
         "device": probe.device,

@@ -19,15 +19,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
+from streamcast.learn.training import train
 
-from streamcast.config import ModelConfig, TrainingSettings, load_settings
-from streamcast.daemon import Daemon
-from streamcast.embedded import EmbeddedBroker, create_topics
-from streamcast.messages import encode_reading
-from streamcast.metrics import Metrics
-from streamcast.registry import ModelRegistry
-from streamcast.simulate import SensorFleet, fleet_series
-from streamcast.training import train
+from streamcast.config import ModelSpec, TrainingSettings, load_settings
+from streamcast.learn.registry import ModelRegistry
+from streamcast.ops.metrics import Metrics
+from streamcast.sim.broker import EmbeddedBroker, create_topics
+from streamcast.sim.fleet import SensorFleet, fleet_series
+from streamcast.stream.daemon import Daemon
+from streamcast.stream.messages import encode_reading
 
 
 def _produce(bootstrap: str, topic: str, sensors: int, steps: int) -> int:
@@ -113,7 +113,7 @@ def main() -> None:
     units = tuple(int(u) for u in args.units.split(","))
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        spec = ModelConfig(units=units)
+        spec = ModelSpec(units=units)
         model = train(
             spec,
             fleet_series(4, 96 * 7, seed=1),

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from streamcast.messages import Readings
-from streamcast.windows import WindowStore
+from streamcast.stream.messages import Readings
+from streamcast.stream.windows import WindowStore
 
 
 class NaiveWindows:

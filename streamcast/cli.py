@@ -5,63 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 import yaml
 
-# TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) is not for operators;
-# errors still show. Set before TensorFlow is first imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from streamcast import __version__
 from streamcast.errors import StreamcastError
+from streamcast.signals import StopSignals
 
 logger = logging.getLogger("streamcast")
 
 EXIT_STARTUP = 3
-
-
-class StopSignals:
-    """First SIGTERM/SIGINT asks for a clean stop; a second one forces the exit.
-
-    Handlers only set the event; the previous handlers are restored on exit.
-    """
-
-    def __init__(self, stop: threading.Event, grace_s: float | None = None) -> None:
-        self.stop = stop
-        self.grace_s = grace_s
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            logger.warning("second signal: exiting now")
-            os._exit(130)
-        logger.info("signal %s: stopping", signal.Signals(signum).name)
-        self.stop.set()
-        if self.grace_s is not None:
-            # A stop that hangs past its bound must not hold the process forever.
-            timer = threading.Timer(self.grace_s, self._force_exit)
-            timer.daemon = True
-            timer.start()
-
-    def _force_exit(self) -> None:
-        logger.error("shutdown exceeded %.0fs: exiting", self.grace_s)
-        logging.shutdown()
-        os._exit(1)
-
-    def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _settings(path: str | None) -> Any:
@@ -76,13 +33,13 @@ def _settings(path: str | None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamcast.logs import setup_logging
+    from streamcast.ops.logs import setup_logging
 
     settings = _settings(args.config)
     if settings is None:
         return EXIT_STARTUP
     setup_logging(settings.log.level, settings.log.format)
-    from streamcast.daemon import Daemon
+    from streamcast.stream.daemon import Daemon
 
     daemon = Daemon(settings)
     with StopSignals(daemon.stop, grace_s=settings.shutdown_timeout_s + 5):
@@ -93,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamcast.demo import run_demo
+    from streamcast.sim.demo import run_demo
 
     return run_demo(
         duration_s=args.duration,
@@ -106,8 +63,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streamcast.embedded import EmbeddedBroker
-    from streamcast.logs import setup_logging
+    from streamcast.ops.logs import setup_logging
+    from streamcast.sim.broker import EmbeddedBroker
 
     setup_logging("INFO")
     stop = threading.Event()
@@ -121,12 +78,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streamcast.logs import setup_logging
-    from streamcast.publisher import Publisher
+    from streamcast.ops.logs import setup_logging
+    from streamcast.sim.producer import FleetProducer
 
     setup_logging("INFO")
     stop = threading.Event()
-    pub = Publisher(
+    pub = FleetProducer(
         args.bootstrap,
         topic=args.topic,
         sensors=args.sensors,
@@ -147,34 +104,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from streamcast.config import load_settings
-    from streamcast.logs import setup_logging
-    from streamcast.training import run_train
+    from streamcast.ops.logs import setup_logging
 
     setup_logging("INFO")
-    overrides: dict[str, Any] = {}
     settings = load_settings(args.config)
+    overrides: dict[str, Any] = {}
     if args.max_seconds is not None:
         overrides["max_seconds"] = args.max_seconds
     # Offline training has the machine to itself (the daemon's trainer keeps to
     # training.threads so inference keeps a core).
     overrides["threads"] = args.threads
     training = settings.training.model_copy(update=overrides)
-    registry = args.registry or str(settings.registry.path)
-    run_train(
-        cfg=settings.model_spec(),
-        settings=training,
-        registry_path=registry,
-        data=args.data,
-        simulated=args.simulated,
-        sensors=args.sensors,
-        days=args.days,
-        seed=args.seed,
+    spec = settings.model
+    if args.simulated:
+        from streamcast.sim.fleet import DAY_S, SensorFleet
+
+        fleet = SensorFleet(args.sensors, seed=args.seed, num_features=spec.num_features)
+        ts, values = fleet.series(round(args.days * DAY_S / fleet.step_s))
+        timestamps = [ts] * args.sensors
+        series = [values[i] for i in range(args.sensors)]
+        source = f"simulated fleet ({args.sensors} sensors, {args.days} days, seed {args.seed})"
+    else:
+        from streamcast.learn.datafiles import load_series
+
+        try:
+            timestamps, series, source = load_series(args.data, settings.window.gap_factor)
+        except (OSError, ValueError) as exc:
+            print(f"streamcast train: {exc}", file=sys.stderr)
+            return 1
+    print(f"data: {source}", flush=True)
+    from streamcast.learn.fit import train_and_save
+
+    train_and_save(
+        spec, series, training, args.registry or settings.registry.path, timestamps=timestamps
     )
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from streamcast.registry import ModelRegistry
+    from streamcast.learn.registry import ModelRegistry
 
     registry = ModelRegistry(args.registry)
     versions = registry.versions()

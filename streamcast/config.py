@@ -2,23 +2,27 @@
 
 Everything the daemon does is decided here, once, at start-up: a bad value stops
 start-up with the field's dotted name and its environment variable, instead of
-failing later deep inside the loop.
+failing later deep inside the loop. The file is passed in explicitly and the
+environment is read as a mapping, so nothing here depends on process-wide state
+other than what the caller hands over.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 from streamcast.errors import ConfigError
@@ -26,7 +30,8 @@ from streamcast.errors import ConfigError
 ENV_PREFIX = "STREAMCAST_"
 ENV_NESTED = "__"
 
-SeedMode = Literal["truth", "carry", "zeros"]
+Seeding = Literal["truth", "carry", "zeros"]
+SEEDING_MODES: tuple[Seeding, ...] = ("truth", "carry", "zeros")
 
 
 def _int_list(value: Any) -> Any:
@@ -43,8 +48,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Section):
-    """The forecaster's shape; saved with every model version and checked on load."""
+class ModelSpec(BaseModel):
+    """The forecaster's shape: the ``model`` settings section, saved with every model
+    version and checked when one is loaded.
+
+    ``num_steps`` is the window length, set through ``window.num_steps``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,7 +62,16 @@ class ModelConfig(_Section):
     units: tuple[int, ...] = Field((16, 16), min_length=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     horizon: int = Field(96, ge=1, le=10_000)
-    seed: SeedMode = "truth"
+    seeding: Seeding = "truth"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_seed_name(cls, data: Any) -> Any:
+        # Versions saved before the state-seeding mode had its own name call it "seed".
+        if isinstance(data, dict) and "seed" in data and "seeding" not in data:
+            data = {**data, "seeding": data["seed"]}
+            del data["seed"]
+        return data
 
     @field_validator("units", mode="before")
     @classmethod
@@ -66,6 +84,11 @@ class ModelConfig(_Section):
         if any(u < 1 for u in value):
             raise ValueError("every layer needs at least one unit")
         return value
+
+    @property
+    def state_width(self) -> int:
+        """Floats per sensor in the flattened state layout [h_0, c_0, h_1, c_1, ...]."""
+        return 2 * sum(self.units)
 
 
 class KafkaSettings(_Section):
@@ -145,26 +168,6 @@ class WindowSettings(_Section):
     )
 
 
-class ModelSettings(_Section):
-    num_features: int = Field(2, ge=1, le=1_000)
-    units: Annotated[tuple[int, ...], NoDecode] = Field((16, 16), min_length=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    horizon: int = Field(96, ge=1, le=10_000)
-    seed: SeedMode = "truth"
-
-    @field_validator("units", mode="before")
-    @classmethod
-    def _parse_units(cls, value: Any) -> Any:
-        return _int_list(value)
-
-    @field_validator("units")
-    @classmethod
-    def _positive_units(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(u < 1 for u in value):
-            raise ValueError("every layer needs at least one unit")
-        return value
-
-
 class InferenceSettings(_Section):
     max_batch: int = Field(256, ge=1, le=65_536)
     max_wait_ms: int = Field(50, ge=0)
@@ -179,7 +182,7 @@ class TrainingSettings(_Section):
     patience: int = Field(8, ge=1)
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     learning_rate: float = Field(3e-3, gt=0.0)
-    seed: int = 0
+    random_seed: int = Field(0, description="seeds weight initialisation and shuffling")
     threads: int = Field(1, ge=1, description="CPU threads the trainer may use")
 
 
@@ -199,19 +202,14 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """The daemon's whole configuration."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_NESTED,
-        extra="forbid",
-        validate_default=True,
-    )
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     window: WindowSettings = Field(default_factory=WindowSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
+    model: ModelSpec = Field(default_factory=ModelSpec)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
@@ -219,73 +217,106 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
+    @model_validator(mode="before")
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = os.environ.get("_STREAMCAST_CONFIG_FILE")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if yaml_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
-        return tuple(sources)
-
-    def model_spec(self) -> ModelConfig:
-        """The forecaster shape these settings ask for."""
-        return ModelConfig(
-            num_steps=self.window.num_steps,
-            num_features=self.model.num_features,
-            units=self.model.units,
-            dropout=self.model.dropout,
-            horizon=self.model.horizon,
-            seed=self.model.seed,
-        )
+    def _window_sets_the_model_length(cls, data: Any) -> Any:
+        """The model's ``num_steps`` is the window's: one value, set in ``window``."""
+        if not isinstance(data, dict):
+            return data
+        window, model = data.get("window"), data.get("model")
+        if not isinstance(model, (dict, ModelSpec)):
+            model = {}
+        if isinstance(model, ModelSpec):
+            model = model.model_dump()
+        steps: Any = WindowSettings.model_fields["num_steps"].default
+        if isinstance(window, WindowSettings):
+            steps = window.num_steps
+        elif isinstance(window, dict) and "num_steps" in window:
+            steps = window["num_steps"]
+        try:
+            steps = int(steps)
+        except (TypeError, ValueError):
+            return data  # window.num_steps itself is reported
+        given = model.get("num_steps")
+        if given is not None and str(given) != str(steps):
+            raise ValueError(
+                f"model.num_steps ({given}) differs from window.num_steps ({steps}); "
+                "set window.num_steps only"
+            )
+        return {**data, "model": {**model, "num_steps": steps}}
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""
         return self.model_dump(mode="json")
 
 
-def _env_name(loc: tuple[int | str, ...]) -> str:
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at ``loc`` (e.g. ``("window", "stride")``)."""
     return ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in loc)
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load YAML (optional) + environment; raise ConfigError naming each bad field."""
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            import yaml
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``STREAMCAST_SECTION__KEY=value`` variables as nested data (values stay strings)."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
 
-            data = yaml.safe_load(p.read_text()) or {}
-        except Exception as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-    previous = os.environ.get("_STREAMCAST_CONFIG_FILE")
-    try:
-        if path is not None:
-            os.environ["_STREAMCAST_CONFIG_FILE"] = str(path)
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
         else:
-            os.environ.pop("_STREAMCAST_CONFIG_FILE", None)
-        return Settings(**overrides)
+            out[key] = value
+    return out
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        import yaml
+
+        data = yaml.safe_load(p.read_text()) or {}
+    except Exception as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The settings from a YAML file (optional), then the environment, then ``overrides``.
+
+    ``environ`` defaults to ``os.environ``. Raises ConfigError naming each bad field.
+    """
+    data = _read_file(path) if path is not None else {}
+    data = _merge(data, _from_environment(os.environ if environ is None else environ))
+    data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc) or "(root)"
-            problems.append(f"{field} (env {_env_name(loc)}): {err['msg']}")
+            problems.append(f"{field} (env {env_name(loc)}): {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
-    except Exception as exc:  # pydantic-settings raises SettingsError for undecodable env values
-        raise ConfigError(f"invalid configuration: {exc}") from exc
-    finally:
-        if previous is None:
-            os.environ.pop("_STREAMCAST_CONFIG_FILE", None)
-        else:
-            os.environ["_STREAMCAST_CONFIG_FILE"] = previous

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from streamcast.embedded import EmbeddedBroker, free_port, wait_for_port
+from streamcast.sim.broker import EmbeddedBroker, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -523,7 +523,7 @@ def test_dashboard_covers_the_brief() -> None:
 def exported_sample_names() -> set[str]:
     from prometheus_client import CollectorRegistry
 
-    from streamcast.metrics import Metrics
+    from streamcast.ops.metrics import Metrics
 
     names = set()
     for family in Metrics(CollectorRegistry()).registry.collect():
@@ -535,7 +535,7 @@ def exported_sample_names() -> set[str]:
 
 def test_deploy_uses_only_metrics_the_daemon_exports() -> None:
     """The checkers' list of known metrics (which alerts and dashboard must keep to)
-    matches what streamcast.metrics really registers."""
+    matches what streamcast.ops.metrics really registers."""
     sys.path.insert(0, str(DEPLOY / "checks"))
     try:
         import deploycheck

@@ -22,17 +22,17 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamcast.config import ModelConfig, Settings, TrainingSettings, load_settings
-from streamcast.daemon import Daemon
-from streamcast.embedded import EmbeddedBroker
-from streamcast.messages import encode_reading
-from streamcast.metrics import Metrics
-from streamcast.registry import ModelRegistry
-from streamcast.simulate import SensorFleet
+from streamcast.config import ModelSpec, Settings, TrainingSettings, load_settings
+from streamcast.learn.registry import ModelRegistry
+from streamcast.ops.metrics import Metrics
+from streamcast.sim.broker import EmbeddedBroker
+from streamcast.sim.fleet import SensorFleet
+from streamcast.stream.daemon import Daemon
+from streamcast.stream.messages import encode_reading
 
 pytestmark = pytest.mark.integration
 
-SPEC = ModelConfig(num_steps=96, num_features=2, units=(8, 8), horizon=96, seed="truth")
+SPEC = ModelSpec(num_steps=96, num_features=2, units=(8, 8), horizon=96, seeding="truth")
 STEP_S = 900.0
 
 
@@ -69,15 +69,15 @@ def topics(broker: EmbeddedBroker) -> Iterator[Topics]:
         admin.close()
 
 
-def train_registry(path: Path, spec: ModelConfig) -> Path:
-    from streamcast.training import train
+def train_registry(path: Path, spec: ModelSpec) -> Path:
+    from streamcast.learn.training import train
 
     fleet = SensorFleet(6, seed=3)
     _, values = fleet.series(96 * 6)
     result = train(
         spec,
         [v.astype(np.float32) for v in values],
-        TrainingSettings(max_seconds=4, max_epochs=3, batch_size=128, seed=0),
+        TrainingSettings(max_seconds=4, max_epochs=3, batch_size=128, random_seed=0),
         progress=False,
     )
     # Open the forget gates wide: the seeded states then survive all 96 steps, so a test
@@ -124,7 +124,7 @@ def settings_for(
             "heartbeat_interval_ms": 2000,
             "startup_timeout_s": 10,
         },
-        "model": {"units": [8, 8], "seed": "truth"},
+        "model": {"units": [8, 8], "seeding": "truth"},
         "inference": {"max_batch": 64, "max_wait_ms": 20},
         "registry": {"path": str(registry)},
         "http": {"host": "127.0.0.1", "port": 0},
@@ -244,8 +244,8 @@ def streamcast_env(settings: Settings) -> dict[str, str]:
     for section, values in flat.items():
         if isinstance(values, dict):
             for key, value in values.items():
-                if value is None:
-                    continue
+                if value is None or (section, key) == ("model", "num_steps"):
+                    continue  # model.num_steps follows window.num_steps
                 name = f"STREAMCAST_{section.upper()}__{key.upper()}"
                 env[name] = orjson.dumps(value).decode() if isinstance(value, list) else str(value)
         else:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcast.embedded import EmbeddedBroker, free_port
-from streamcast.registry import ModelRegistry
+from streamcast.learn.registry import ModelRegistry
+from streamcast.sim.broker import EmbeddedBroker, free_port
 
 from .conftest import (
     SPEC,

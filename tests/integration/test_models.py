@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamcast.config import ModelConfig
-from streamcast.embedded import EmbeddedBroker
-from streamcast.inference import Predictor
-from streamcast.registry import ModelRegistry
+from streamcast.config import ModelSpec
+from streamcast.learn.registry import ModelRegistry
+from streamcast.model.predictor import Predictor
+from streamcast.sim.broker import EmbeddedBroker
 
 from .conftest import (
     SPEC,
@@ -32,10 +32,12 @@ pytestmark = pytest.mark.integration
 def _wait_version(daemon, version: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if daemon.served is not None and daemon.served.version == version:
+        if daemon.serving.served is not None and daemon.serving.served.version == version:
             return
         time.sleep(0.1)
-    raise AssertionError(f"still serving {daemon.served.version if daemon.served else None}")
+    raise AssertionError(
+        f"still serving {daemon.serving.served.version if daemon.serving.served else None}"
+    )
 
 
 def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
@@ -57,7 +59,7 @@ def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
     meta["sha256"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
     time.sleep(6)  # longer than the daemon's registry check interval
-    assert running.daemon.served is not None and running.daemon.served.version == 1
+    assert running.daemon.serving.served is not None and running.daemon.serving.served.version == 1
 
     good = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
     _wait_version(running.daemon, good)
@@ -74,7 +76,7 @@ def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
 
 @pytest.fixture(scope="module")
 def carry_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = ModelConfig(**{**SPEC.model_dump(), "seed": "carry"})
+    spec = ModelSpec(**{**SPEC.model_dump(), "seeding": "carry"})
     return train_registry(tmp_path_factory.mktemp("registry-carry"), spec)
 
 
@@ -85,7 +87,7 @@ def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
     readings = fleet_readings(1, steps, seed=12)
     produce_readings(broker, topics.readings, readings)
     settings = settings_for(
-        broker, topics, carry_registry, model={"seed": "carry"}, window={"stride": 96}
+        broker, topics, carry_registry, model={"seeding": "carry"}, window={"stride": 96}
     )
     running = start_daemon(settings)
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 3)

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streamcast.embedded import EmbeddedBroker, free_port
-from streamcast.metrics import Metrics
+from streamcast.ops.metrics import Metrics
+from streamcast.sim.broker import EmbeddedBroker, free_port
 
 from .conftest import Topics, consume, fleet_readings, produce_readings, settings_for
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from streamcast.embedded import EmbeddedBroker
-from streamcast.messages import encode_reading
+from streamcast.sim.broker import EmbeddedBroker
+from streamcast.stream.messages import encode_reading
 
 from .conftest import SPEC, Topics, fleet_readings, settings_for
 

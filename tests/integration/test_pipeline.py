@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
-from streamcast.embedded import EmbeddedBroker
-from streamcast.inference import Predictor
-from streamcast.registry import ModelRegistry
+from streamcast.learn.registry import ModelRegistry
+from streamcast.model.predictor import Predictor
+from streamcast.sim.broker import EmbeddedBroker
 
 from .conftest import (
     SPEC,
@@ -136,7 +136,7 @@ def test_malformed_readings_go_to_the_dead_letter_topic_and_valid_ones_all_get_f
 ) -> None:
     readings = fleet_readings(1, 97 + 20, seed=5)
     items: list[tuple[bytes | None, bytes]] = []
-    from streamcast.messages import encode_reading
+    from streamcast.stream.messages import encode_reading
 
     for i, (sensor, ts, values) in enumerate(readings):
         items.append((sensor.encode(), encode_reading(sensor, ts, values)))
@@ -162,8 +162,8 @@ def test_malformed_readings_go_to_the_dead_letter_topic_and_valid_ones_all_get_f
     originals = {bytes(v) for _, v, _ in MALFORMED}
     for rec in letters:
         headers = dict(rec.headers)
-        assert headers["streamcast.source.topic"].decode() == topics.readings
-        assert int(headers["streamcast.source.offset"]) >= 0
+        assert headers["streamcast.stream.source.topic"].decode() == topics.readings
+        assert int(headers["streamcast.stream.source.offset"]) >= 0
         assert headers["streamcast.detail"]
         if headers["streamcast.reason"] not in (b"duplicate", b"out_of_order"):
             assert rec.value in originals  # the bytes, unchanged

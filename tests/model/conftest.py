@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from streamcast.config import ModelConfig, SeedMode
+from streamcast.config import ModelSpec, Seeding
 
 NUM_STEPS = 12
 NUM_FEATURES = 2
 HORIZON = 4
 
 UNIT_STACKS = [(8, 8), (8, 16, 32)]
-MODES: list[SeedMode] = ["truth", "carry", "zeros"]
+MODES: list[Seeding] = ["truth", "carry", "zeros"]
 
 
 @pytest.fixture(autouse=True)
@@ -23,14 +23,14 @@ def _seeded() -> None:
     keras.utils.set_random_seed(1234)
 
 
-def make_cfg(units: tuple[int, ...] = (8, 8), seed: SeedMode = "truth") -> ModelConfig:
-    return ModelConfig(
+def make_cfg(units: tuple[int, ...] = (8, 8), seeding: Seeding = "truth") -> ModelSpec:
+    return ModelSpec(
         num_steps=NUM_STEPS,
         num_features=NUM_FEATURES,
         units=units,
         dropout=0.2,
         horizon=HORIZON,
-        seed=seed,
+        seeding=seeding,
     )
 
 

@@ -10,21 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from streamcast.config import SeedMode
-from streamcast.inference import Predictor
+from streamcast.config import Seeding
 from streamcast.model import (
     assign_states,
     build_forecaster,
     build_stateful_twin,
     flatten_states,
-    load_model,
     read_states,
-    save_model,
     seed_states,
     split_states,
     state_shapes,
-    state_width,
 )
+from streamcast.model.predictor import Predictor
 
 from .conftest import MODES, NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
 
@@ -56,7 +53,7 @@ def numpy_lstm(
 @pytest.mark.parametrize("units", UNIT_STACKS, ids=lambda u: "x".join(map(str, u)))
 @pytest.mark.parametrize("mode", MODES)
 def test_fast_path_matches_stateful_twin(
-    units: tuple[int, ...], mode: SeedMode, rng: np.random.Generator
+    units: tuple[int, ...], mode: Seeding, rng: np.random.Generator
 ) -> None:
     cfg = make_cfg(units, mode)
     model = build_forecaster(cfg)
@@ -65,7 +62,7 @@ def test_fast_path_matches_stateful_twin(
     predictor = Predictor(model, cfg, max_batch=8)  # n=6 runs padded in bucket 8
 
     if mode == "carry":
-        carry = (0.5 * rng.standard_normal((n, state_width(cfg)))).astype(np.float32)
+        carry = (0.5 * rng.standard_normal((n, cfg.state_width))).astype(np.float32)
         has_carry = np.array([True, False, True, True, False, True])
         fast = predictor.predict(window, truth, carry, has_carry)
         seeded = flatten_states(seed_states(model, window, truth))
@@ -171,13 +168,13 @@ def test_save_load_round_trip_is_identical(tmp_path: Path, rng: np.random.Genera
     model = build_forecaster(cfg)
     n = 5
     window, truth = split(seasonal(n, NUM_STEPS + 1, rng))
-    carry = rng.standard_normal((n, state_width(cfg))).astype(np.float32)
+    carry = rng.standard_normal((n, cfg.state_width)).astype(np.float32)
     before = Predictor(model, cfg, max_batch=8, jit_compile="off")  # adds stepper nodes first
     expected = before.predict(window, truth, carry)
 
     path = tmp_path / "model.keras"
-    save_model(model, path)
-    loaded = load_model(path)
+    model.save(str(path))
+    loaded = keras.saving.load_model(str(path), safe_mode=True)
 
     feed = {"window": window, "truth": truth}
     np.testing.assert_array_equal(loaded.predict_on_batch(feed), model.predict_on_batch(feed))

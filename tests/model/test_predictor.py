@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import keras
@@ -11,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from streamcast.errors import StateShapeError
-from streamcast.inference import Prediction, Predictor, buckets
-from streamcast.model import build_forecaster, state_width
+from streamcast.model import build_forecaster
+from streamcast.model.predictor import Predictor, buckets
 
 from .conftest import HORIZON, NUM_FEATURES, make_cfg
 
@@ -43,7 +42,7 @@ def test_any_batch_size_reuses_the_warm_buckets(carry_model: keras.Model, batch:
         window, truth = batch(n)
         out = predictor.predict(window, truth)
         assert out.forecast.shape == (n, HORIZON, NUM_FEATURES)
-        assert out.states.shape == (n, state_width(cfg))
+        assert out.states.shape == (n, cfg.state_width)
         assert out.forecast.dtype == out.states.dtype == np.float32
     assert predictor.trace_count == 4
 
@@ -79,20 +78,13 @@ def test_jit_modes_agree_and_auto_follows_the_device(
     )
 
 
-def test_logs_its_device(carry_model: keras.Model, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="streamcast.inference"):
-        predictor = Predictor(carry_model, make_cfg((8, 16), "carry"), max_batch=4)
-    messages = [r.getMessage() for r in caplog.records if r.name == "streamcast.inference"]
-    assert f"predictor device={predictor.device} jit={predictor.jit} buckets=[1, 2, 4]" in messages
-
-
 def test_carry_rows_are_chosen_per_row(
     carry_model: keras.Model, batch: Batch, rng: np.random.Generator
 ) -> None:
     cfg = make_cfg((8, 16), "carry")
     predictor = Predictor(carry_model, cfg, max_batch=8)
     window, truth = batch(4)
-    carry = rng.standard_normal((4, state_width(cfg))).astype(np.float32)
+    carry = rng.standard_normal((4, cfg.state_width)).astype(np.float32)
     seeded = predictor.predict(window, truth)
     all_carried = predictor.predict(window, truth, carry)  # has_carry defaults to every row
     mixed = predictor.predict(window, truth, carry, np.array([True, False, False, True]))
@@ -108,7 +100,7 @@ def test_truth_mode_ignores_carry(batch: Batch, rng: np.random.Generator) -> Non
     cfg = make_cfg((8, 8), "truth")
     predictor = Predictor(build_forecaster(cfg), cfg, max_batch=4)
     window, truth = batch(3)
-    carry = rng.standard_normal((3, state_width(cfg))).astype(np.float32)
+    carry = rng.standard_normal((3, cfg.state_width)).astype(np.float32)
     np.testing.assert_array_equal(
         predictor.predict(window, truth, carry).forecast, predictor.predict(window, truth).forecast
     )
@@ -140,10 +132,3 @@ def test_seed_mode_needs_a_seeder() -> None:
         Predictor(zeros_model, make_cfg((8, 8), "truth"))
     with pytest.raises(ValueError, match="units"):
         Predictor(zeros_model, make_cfg((8, 16), "zeros"))
-
-
-def test_prediction_is_a_plain_record() -> None:
-    p = Prediction(np.zeros((1, 2, 3), np.float32), np.zeros((1, 4), np.float32))
-    assert p.forecast.shape == (1, 2, 3)
-    with pytest.raises(AttributeError):
-        p.forecast = p.states  # type: ignore[misc]

@@ -22,7 +22,6 @@ from streamcast.model import (
     seed_states,
     split_states,
     state_shapes,
-    state_width,
 )
 
 from .conftest import make_cfg
@@ -51,7 +50,7 @@ def random_states(rng: np.random.Generator, units: tuple[int, ...] = UNITS) -> l
 def test_shapes_and_width_follow_the_config() -> None:
     cfg = make_cfg(UNITS)
     assert state_shapes(cfg, 5) == [((5, 8), (5, 8)), ((5, 16), (5, 16)), ((5, 32), (5, 32))]
-    assert state_width(cfg) == 2 * (8 + 16 + 32)
+    assert cfg.state_width == 2 * (8 + 16 + 32)
 
 
 def test_layers_are_named_and_stacked_in_order() -> None:
@@ -193,7 +192,7 @@ def test_flatten_and_split_round_trip(rng: np.random.Generator) -> None:
     cfg = make_cfg(UNITS)
     states = random_states(rng)
     flat = flatten_states(states)
-    assert flat.shape == (BATCH, state_width(cfg))
+    assert flat.shape == (BATCH, cfg.state_width)
     np.testing.assert_array_equal(flat[:, 8:16], states[0][1])  # [h_0, c_0, h_1, ...]
     for (h, c), (sh, sc) in zip(states, split_states(flat, cfg), strict=True):
         np.testing.assert_array_equal(sh, h)

@@ -1,0 +1,180 @@
+"""Supervised examples cut from sensor series: the (truth, window, target) triples the
+model trains on, the chronological split, and the cut at outages.
+
+numpy only: the daemon sizes its first model's history with ``split_sizes`` without
+importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Aligned supervised examples cut from one or more series.
+
+    ``truth`` is the reading just before the window (what the model seeds its state from),
+    ``target`` the ``horizon`` readings right after the window; ``source`` says which series
+    each example came from, so errors can be scaled per series.
+    """
+
+    window: np.ndarray  # (k, num_steps, F) float32
+    truth: np.ndarray  # (k, F) float32
+    target: np.ndarray  # (k, horizon, F) float32
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # (k,)
+
+    def __len__(self) -> int:
+        return int(self.window.shape[0])
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The model's named inputs."""
+        return {"window": self.window, "truth": self.truth}
+
+
+def make_examples(
+    series: np.ndarray, num_steps: int, horizon: int, stride: int = 1, source: int = 0
+) -> Examples:
+    """Cut (truth, window, target) examples from one (n, F) series with a strided view.
+
+    Example ``i`` starts at ``i * stride``: truth = series[s], window = series[s+1 : s+1+num_steps],
+    target = the ``horizon`` readings after the window. Examples with a non-finite value are
+    dropped rather than fed to the model.
+    """
+    arr = np.asarray(series, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"series must be (n, F), got shape {arr.shape}")
+    if num_steps < 1 or horizon < 1 or stride < 1:
+        raise ValueError("num_steps, horizon and stride must all be >= 1")
+    n, f = arr.shape
+    span = 1 + num_steps + horizon
+    if n < span:
+        return _empty(num_steps, horizon, f)
+    view = np.lib.stride_tricks.sliding_window_view(arr, span, axis=0)[::stride]  # (k, F, span)
+    view = view.transpose(0, 2, 1)  # (k, span, F), still a view
+    finite = np.isfinite(view).all(axis=(1, 2))
+    if not finite.all():
+        view = view[finite]
+    k = view.shape[0]
+    return Examples(
+        window=np.ascontiguousarray(view[:, 1 : 1 + num_steps], dtype=np.float32),
+        truth=np.ascontiguousarray(view[:, 0], dtype=np.float32),
+        target=np.ascontiguousarray(view[:, 1 + num_steps :], dtype=np.float32),
+        source=np.full(k, source, dtype=np.int32),
+    )
+
+
+def make_examples_many(
+    series: Sequence[np.ndarray], num_steps: int, horizon: int, stride: int = 1
+) -> Examples:
+    """``make_examples`` over several series, concatenated; ``source`` is the series index."""
+    parts = [make_examples(s, num_steps, horizon, stride, source=i) for i, s in enumerate(series)]
+    if not parts:
+        return _empty(num_steps, horizon, 1)
+    return _concat(parts)
+
+
+def _empty(num_steps: int, horizon: int, f: int) -> Examples:
+    return Examples(
+        window=np.zeros((0, num_steps, f), np.float32),
+        truth=np.zeros((0, f), np.float32),
+        target=np.zeros((0, horizon, f), np.float32),
+        source=np.zeros(0, np.int32),
+    )
+
+
+@dataclass(frozen=True)
+class _Split:
+    train: Examples
+    val: Examples
+    scale: np.ndarray  # (n_series, F): training std per series and feature
+
+
+def split_series(
+    series: Sequence[np.ndarray], num_steps: int, horizon: int, validation_fraction: float
+) -> _Split:
+    """Chronological split per series: validation targets all lie after every training target.
+
+    Validation windows may read the end of the training part as input (that is what the model
+    sees live); no reading is ever a target in both sets. The scale is the training part's std.
+    """
+    train, val, scales = [], [], []
+    for i, s in enumerate(series):
+        arr = np.asarray(s, dtype=np.float64)
+        cut = _cut(len(arr), validation_fraction)
+        std = np.nanstd(arr[:cut], axis=0) if cut > 1 else np.ones(arr.shape[1])
+        scales.append(np.where(np.isfinite(std) & (std > 1e-12), std, 1.0))
+        train.append(make_examples(arr[:cut], num_steps, horizon, source=i))
+        val.append(make_examples(arr[max(0, cut - num_steps - 1) :], num_steps, horizon, source=i))
+    return _Split(_concat(train), _concat(val), np.stack(scales))
+
+
+def _cut(n: int, validation_fraction: float) -> int:
+    """Index of a series' first validation reading (shared by the split and its sizes)."""
+    return round(n * (1.0 - validation_fraction))
+
+
+def split_sizes(
+    lengths: Sequence[int], num_steps: int, horizon: int, validation_fraction: float
+) -> tuple[int, int]:
+    """(training, validation) example counts ``split_series`` gives for series of ``lengths``.
+
+    Cheap (no arrays), so a caller can wait until there is enough data before training.
+    Counts assume finite readings; examples touching a NaN are dropped by the real split.
+    """
+    span = 1 + num_steps + horizon
+    train = val = 0
+    for n in lengths:
+        cut = _cut(n, validation_fraction)
+        train += max(0, cut - span + 1)
+        val += max(0, n - max(0, cut - num_steps - 1) - span + 1)
+    return train, val
+
+
+def _concat(parts: list[Examples]) -> Examples:
+    return Examples(
+        window=np.concatenate([p.window for p in parts]),
+        truth=np.concatenate([p.truth for p in parts]),
+        target=np.concatenate([p.target for p in parts]),
+        source=np.concatenate([p.source for p in parts]),
+    )
+
+
+def split_at_gaps(
+    ts: np.ndarray, values: np.ndarray, gap_factor: float = 3.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut a series where readings are missing for longer than ``gap_factor`` steps.
+
+    A window must not bridge an outage, as the daemon restarts a window after one;
+    training examples are therefore made from each gap-free piece separately.
+    """
+    if len(ts) < 3:
+        return [(ts, values)]
+    d = np.diff(ts)
+    step = float(np.median(d))
+    cuts = np.flatnonzero(d > gap_factor * step) + 1
+    return [
+        (t, v) for t, v in zip(np.split(ts, cuts), np.split(values, cuts), strict=True) if len(t)
+    ]
+
+
+def warn_irregular(names: Sequence[str], timestamps: Sequence[np.ndarray]) -> None:
+    """Examples assume evenly spaced readings; say so when a sensor's spacing varies."""
+    for name, ts in zip(names, timestamps, strict=True):
+        if len(ts) < 3:
+            continue
+        d = np.diff(ts)
+        step = float(np.median(d))
+        odd = int(np.count_nonzero(~np.isclose(d, step, rtol=1e-3)))
+        if odd:
+            logger.warning(
+                "irregular spacing sensor=%s step_s=%.0f irregular_gaps=%d", name, step, odd
+            )

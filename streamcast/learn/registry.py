@@ -1,0 +1,212 @@
+"""Versioned models on disk: ``v000001/{model.keras, meta.json}``, written atomically.
+
+A version directory appears in one ``os.rename`` of a finished temporary directory, so a
+reader never sees half a model; two writers racing for the same number both succeed, the
+loser simply takes the next number. Versions are immutable once they appear. ``latest()`` is
+a single directory listing because the daemon polls it to hot-swap models.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+import streamcast
+from streamcast.config import ModelSpec
+from streamcast.errors import ModelMismatchError, RegistryError
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+_VERSION_RE = re.compile(r"^v(\d{6,})$")
+_TMP_PREFIX = ".tmp-"
+_STALE_TMP_S = 3600.0
+_CHECKED_FIELDS = ("num_steps", "num_features", "horizon")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # keras.Model
+    cfg: ModelSpec
+    meta: dict[str, Any]
+    version: int
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; durability is best effort
+        pass
+    finally:
+        os.close(fd)
+
+
+class ModelRegistry:
+    """Numbered model versions under one directory (shared by trainers and daemons)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def version_path(self, version: int) -> Path:
+        return self.path / f"v{version:06d}"
+
+    def versions(self) -> list[int]:
+        """Every complete version, ascending; one directory listing, no file reads."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)))
+
+    def latest(self) -> int | None:
+        found = self.versions()
+        return found[-1] if found else None
+
+    def save(
+        self,
+        model: Any,
+        cfg: ModelSpec,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        data_range: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Write a new version and return its number."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._sweep_stale()
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.path))
+        try:
+            model_file = tmp / MODEL_FILE
+            model.save(str(model_file))
+            _fsync(model_file)
+            meta: dict[str, Any] = {
+                "version": 0,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "streamcast_version": streamcast.__version__,
+                "model_config": cfg.model_dump(mode="json"),
+                "data_range": dict(data_range) if data_range is not None else None,
+                "metrics": dict(metrics) if metrics is not None else None,
+                "sha256": _sha256(model_file),
+            }
+            version = (self.latest() or 0) + 1
+            while True:
+                meta["version"] = version
+                meta_file = tmp / META_FILE
+                meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                _fsync(meta_file)
+                _fsync(tmp)
+                try:
+                    os.rename(tmp, self.version_path(version))
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    logger.info("registry version taken, retrying version=%d", version)
+                    version = max(version, self.latest() or 0) + 1
+                    continue
+                break
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync(self.path)
+        logger.info("saved model version=%d path=%s", version, self.version_path(version))
+        return version
+
+    def meta(self, version: int) -> dict[str, Any]:
+        """A version's meta.json (cheap: no model load)."""
+        path = self.version_path(version) / META_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RegistryError(f"no model version {version} in {self.path}") from None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RegistryError(f"{path} does not hold a JSON object")
+        return data
+
+    def load(self, version: int | None = None, expect: ModelSpec | None = None) -> LoadedModel:
+        """Load a version (default: the latest), verifying its checksum and shape.
+
+        The shape check runs before the model is deserialised, so a daemon configured for a
+        different window or feature count gets a clear error instead of a broken forecast.
+        """
+        if version is None:
+            version = self.latest()
+            if version is None:
+                raise RegistryError(f"model registry {self.path} holds no model versions")
+        vdir = self.version_path(version)
+        meta = self.meta(version)
+        try:
+            cfg = ModelSpec(**meta["model_config"])
+        except (KeyError, TypeError, ValidationError) as exc:
+            raise RegistryError(f"{vdir / META_FILE}: bad model_config: {exc}") from exc
+        if expect is not None:
+            for name in _CHECKED_FIELDS:
+                stored, wanted = getattr(cfg, name), getattr(expect, name)
+                if stored != wanted:
+                    raise ModelMismatchError(
+                        f"model version {version} has {name}={stored} but the configuration "
+                        f"expects {name}={wanted}"
+                    )
+        model_file = vdir / MODEL_FILE
+        try:
+            digest = _sha256(model_file)
+        except OSError as exc:
+            raise RegistryError(f"cannot read {model_file}: {exc}") from exc
+        if digest != meta.get("sha256"):
+            raise RegistryError(
+                f"checksum mismatch for {model_file}: sha256 {digest}, "
+                f"meta.json records {meta.get('sha256')}"
+            )
+        try:
+            model = _load_keras(model_file)
+        except Exception as exc:
+            raise RegistryError(f"cannot load {model_file}: {exc}") from exc
+        logger.info("loaded model version=%d path=%s", version, vdir)
+        return LoadedModel(model=model, cfg=cfg, meta=meta, version=version, path=vdir)
+
+    def _sweep_stale(self) -> None:
+        """Remove temporary directories left by writers that died mid-save."""
+        now = time.time()
+        for entry in os.scandir(self.path):
+            if entry.name.startswith(_TMP_PREFIX) and entry.is_dir():
+                try:
+                    if now - entry.stat().st_mtime > _STALE_TMP_S:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                except OSError:
+                    continue
+
+
+def _load_keras(path: Path) -> Any:
+    """Load with ``safe_mode=True``: a model file can never run arbitrary code.
+
+    Importing ``streamcast.model`` registers the custom layers the archive names.
+    """
+    import streamcast.model  # noqa: F401
+    from streamcast.model.runtime import keras
+
+    return keras.saving.load_model(str(path), safe_mode=True)

@@ -1,0 +1,211 @@
+"""Graph builders: the trainable forecaster, its inference stepper and a stateful twin.
+
+Only ``keras.layers`` and ``keras.ops`` appear here, so the same model runs on the
+TensorFlow, JAX and PyTorch backends; backend-specific compilation lives in
+``streamcast.model.predictor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamcast.config import ModelSpec
+from streamcast.model.layers import CarrySelect, Denormalize, Standardize, WindowNormalization
+from streamcast.model.runtime import keras
+from streamcast.model.states import StatePair, lstm_layers
+
+ops = keras.ops
+
+
+@dataclass
+class _Stack:
+    """The layers of one forecaster: fresh ones, or those of a built model found by name."""
+
+    norm: Any
+    truth_norm: Any
+    seeders: list[tuple[Any, Any]]
+    lstms: list[Any]
+    dropouts: list[Any]
+    flatten: Any
+    concat: Any
+    head: Any
+    reshape: Any
+    denorm: Any
+
+
+def _fresh_stack(cfg: ModelSpec, *, seeded: bool, stateful: bool = False) -> _Stack:
+    top = len(cfg.units) - 1
+    return _Stack(
+        norm=WindowNormalization(name="window_norm"),
+        truth_norm=Standardize(name="truth_norm"),
+        seeders=[
+            (
+                keras.layers.Dense(u, activation="tanh", name=f"seeder_h_{k}"),
+                keras.layers.Dense(u, name=f"seeder_c_{k}"),
+            )
+            for k, u in enumerate(cfg.units)
+        ]
+        if seeded
+        else [],
+        lstms=[
+            keras.layers.LSTM(
+                u,
+                return_sequences=k < top,
+                return_state=True,
+                stateful=stateful,
+                name=f"lstm_{k}",
+            )
+            for k, u in enumerate(cfg.units)
+        ],
+        dropouts=[keras.layers.Dropout(cfg.dropout, name=f"dropout_{k}") for k in range(top + 1)],
+        flatten=keras.layers.Flatten(name="window_flat"),
+        concat=keras.layers.Concatenate(name="head_input"),
+        head=keras.layers.Dense(cfg.horizon * cfg.num_features, name="head"),
+        reshape=keras.layers.Reshape((cfg.horizon, cfg.num_features), name="head_reshape"),
+        denorm=Denormalize(name="forecast"),
+    )
+
+
+def _stack_of(model: keras.Model) -> _Stack:
+    names = {layer.name for layer in model.layers}
+    lstms = lstm_layers(model)
+    seeded = all(f"seeder_h_{k}" in names and f"seeder_c_{k}" in names for k in range(len(lstms)))
+    return _Stack(
+        norm=model.get_layer("window_norm"),
+        truth_norm=model.get_layer("truth_norm") if seeded else None,
+        seeders=[
+            (model.get_layer(f"seeder_h_{k}"), model.get_layer(f"seeder_c_{k}"))
+            for k in range(len(lstms))
+        ]
+        if seeded
+        else [],
+        lstms=lstms,
+        dropouts=[model.get_layer(f"dropout_{k}") for k in range(len(lstms))],
+        flatten=model.get_layer("window_flat"),
+        concat=model.get_layer("head_input"),
+        head=model.get_layer("head"),
+        reshape=model.get_layer("head_reshape"),
+        denorm=model.get_layer("forecast"),
+    )
+
+
+def _seed(stack: _Stack, norm_truth: Any) -> list[list[Any]]:
+    return [[h(norm_truth), c(norm_truth)] for h, c in stack.seeders]
+
+
+def _run(
+    stack: _Stack, z: Any, mean: Any, std: Any, initial: list[list[Any]] | None
+) -> tuple[Any, list[StatePair]]:
+    """LSTM stack plus direct head; the skip over the window carries seasonal structure."""
+    x = z
+    finals: list[StatePair] = []
+    for k, lstm in enumerate(stack.lstms):
+        if initial is None:
+            out, h, c = lstm(x)
+        else:
+            out, h, c = lstm(x, initial_state=initial[k])
+        finals.append((h, c))
+        x = stack.dropouts[k](out)
+    y = stack.head(stack.concat([x, stack.flatten(z)]))
+    return stack.denorm([stack.reshape(y), mean, std]), finals
+
+
+def _inputs(cfg: ModelSpec) -> tuple[Any, Any]:
+    window = keras.Input((cfg.num_steps, cfg.num_features), name="window")
+    truth = keras.Input((cfg.num_features,), name="truth")
+    return window, truth
+
+
+def build_forecaster(cfg: ModelSpec) -> keras.Model:
+    """The trainable model: ``{"window", "truth"}`` in, (batch, horizon, features) out.
+
+    In carry mode the seeder is trained as the cold-start seed; carried states only
+    replace it at inference (``build_stepper``).
+    """
+    window, truth = _inputs(cfg)
+    stack = _fresh_stack(cfg, seeded=cfg.seeding != "zeros")
+    z, mean, std = stack.norm(window)
+    initial = None
+    if stack.seeders:
+        initial = _seed(stack, stack.truth_norm([truth, mean, std]))
+    forecast, _ = _run(stack, z, mean, std, initial)
+    return keras.Model({"window": window, "truth": truth}, forecast, name="forecaster")
+
+
+def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
+    """The inference graph over the trained model's own layers (weights shared, not copied).
+
+    Inputs ``window``, ``truth`` and, in carry mode, ``carry`` (batch, state_width) and
+    ``has_carry`` (batch,) bool; outputs ``forecast`` and the flattened final ``states``.
+    """
+    stack = _stack_of(model)
+    if len(stack.lstms) != len(cfg.units) or any(
+        lstm.units != u for lstm, u in zip(stack.lstms, cfg.units, strict=True)
+    ):
+        raise ValueError(
+            f"model has LSTM units {[lstm.units for lstm in stack.lstms]}, config says "
+            f"{list(cfg.units)}"
+        )
+    window, truth = _inputs(cfg)
+    inputs: dict[str, Any] = {"window": window, "truth": truth}
+    z, mean, std = stack.norm(window)
+    initial = None
+    if cfg.seeding != "zeros":
+        if not stack.seeders:
+            raise ValueError(
+                f"seed mode {cfg.seeding!r} needs a seeder; this model was built without"
+            )
+        initial = _seed(stack, stack.truth_norm([truth, mean, std]))
+        if cfg.seeding == "carry":
+            carry = keras.Input((cfg.state_width,), name="carry")
+            has_carry = keras.Input((), dtype="bool", name="has_carry")
+            inputs |= {"carry": carry, "has_carry": has_carry}
+            offset = 0
+            for k, u in enumerate(cfg.units):
+                for i, s in enumerate("hc"):
+                    sel = CarrySelect(offset, u, name=f"carry_{s}_{k}")
+                    initial[k][i] = sel([carry, has_carry, initial[k][i]])
+                    offset += u
+    forecast, finals = _run(stack, z, mean, std, initial)
+    states = keras.layers.Concatenate(name="states")([t for pair in finals for t in pair])
+    return keras.Model(inputs, {"forecast": forecast, "states": states}, name="stepper")
+
+
+def build_stateful_twin(model: keras.Model, cfg: ModelSpec, batch_size: int) -> keras.Model:
+    """The textbook mechanism with a copy of the same weights: ``stateful=True`` LSTMs.
+
+    Takes only ``window`` (normalisation needs nothing else); each layer starts from
+    whatever ``assign_states`` put in its state variables and keeps its final state,
+    so consecutive calls continue the sequence.
+    """
+    window = keras.Input(batch_shape=(batch_size, cfg.num_steps, cfg.num_features), name="window")
+    stack = _fresh_stack(cfg, seeded=False, stateful=True)
+    z, mean, std = stack.norm(window)
+    forecast, _ = _run(stack, z, mean, std, None)
+    twin = keras.Model(window, forecast, name="stateful_twin")
+    for layer in twin.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return twin
+
+
+def seed_states(
+    model: keras.Model, window: np.ndarray, truth: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The initial (h, c) per layer this model gives a batch: the seeder's, or zeros."""
+    stack = _stack_of(model)
+    _, mean, std = stack.norm(ops.convert_to_tensor(window, dtype="float32"))
+    if not stack.seeders:
+        n = int(np.shape(window)[0])
+        return [
+            (np.zeros((n, lstm.units), np.float32), np.zeros((n, lstm.units), np.float32))
+            for lstm in stack.lstms
+        ]
+    norm_truth = stack.truth_norm([ops.convert_to_tensor(truth, dtype="float32"), mean, std])
+    return [
+        (np.asarray(ops.convert_to_numpy(h)), np.asarray(ops.convert_to_numpy(c)))
+        for h, c in _seed(stack, norm_truth)
+    ]

@@ -1,0 +1,113 @@
+"""Stopping the process: SIGTERM/SIGINT handlers that only set flags, and children that
+never outlive streamcast.
+
+The first signal asks for a clean stop (the loops see ``stop`` and wind down); a
+second one, or a clean stop that overruns its grace period, makes a watcher thread
+exit the process at once. Child processes (the embedded broker, the trainer) are
+started so that the kernel ends them when their parent goes, whatever way it goes:
+a forced exit, SIGKILL, or the OOM killer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_FORCED = 130
+EXIT_OVERRUN = 1
+_PR_SET_PDEATHSIG = 1
+_TICK_S = 0.2
+
+
+class StopSignals:
+    """Install the handlers for a ``with`` block; the previous ones come back on exit."""
+
+    def __init__(self, stop: threading.Event, grace_s: float | None = None) -> None:
+        self.stop = stop
+        self.force = threading.Event()
+        self.grace_s = grace_s
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+        self._closed = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="streamcast-signals", daemon=True)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.stop.is_set():
+            self.force.set()
+        self.stop.set()
+
+    def _watch(self) -> None:
+        """Act on the flags: log the stop, and end the process when a stop must not wait."""
+        while not self.stop.wait(_TICK_S):
+            if self._closed.is_set():
+                return
+        if self.received:
+            logger.info("signal %s: stopping", signal.Signals(self.received[0]).name)
+        deadline = time.monotonic() + self.grace_s if self.grace_s is not None else None
+        while not self._closed.is_set():
+            if self.force.wait(_TICK_S):
+                logger.warning("second signal: exiting now")
+                _exit_now(EXIT_FORCED)
+            if deadline is not None and time.monotonic() > deadline:
+                logger.error("shutdown exceeded %.0fs: exiting", self.grace_s)
+                _exit_now(EXIT_OVERRUN)
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without waiting for anything; children go with us (``die_with_parent``)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux).
+
+    Called first thing in a child; if the parent is already gone, the child exits.
+    Elsewhere this is a no-op and children are stopped by their owners as usual.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_OVERRUN)
+
+
+_EXEC_CHILD = (
+    "import os, sys; from streamcast.signals import die_with_parent; "
+    "die_with_parent(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def child_command(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so the program it runs ends when this process ends.
+
+    A tiny Python prologue sets the parent-death signal, then replaces itself with
+    the program (the setting survives ``execv``); no ``preexec_fn``, which is unsafe
+    in a process with threads.
+    """
+    return [sys.executable, "-c", _EXEC_CHILD, str(os.getpid()), *argv]

@@ -1,0 +1,365 @@
+"""The daemon: startup → main loop → shutdown.
+
+The main loop reads like the data flow:
+poll → decode → window → batch → seed states → infer → publish → flush → commit.
+Offsets move only after the broker acknowledged every forecast and dead letter
+derived from the readings below them (at-least-once, ``streamcast.stream.offsets``);
+which model answers, and how the next one gets there, is ``streamcast.stream.serving``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from streamcast import __version__
+from streamcast.config import Settings
+from streamcast.errors import DeliveryError, StartupError
+from streamcast.ops.logs import RateLimited
+from streamcast.ops.metrics import Metrics
+from streamcast.ops.notify import Notifier
+from streamcast.ops.probes import Health, HttpServer
+from streamcast.stream.batcher import Batcher, Ready
+from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
+from streamcast.stream.offsets import Offsets
+from streamcast.stream.serving import Serving
+from streamcast.stream.sink import KafkaSink
+from streamcast.stream.source import KafkaSource
+from streamcast.stream.windows import Appended, WindowStore
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_STARTUP = 3
+
+_IDLE_POLL_S = 0.5
+
+
+class Daemon:
+    """One inference process. ``stop`` is the only way to ask it to exit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        stop: threading.Event | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spec = settings.model
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.stop = stop if stop is not None else threading.Event()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.health = Health(heartbeat_timeout_s=settings.http.heartbeat_timeout_s)
+        self.store = WindowStore(
+            settings.window.capacity,
+            self.spec.num_steps,
+            self.spec.num_features,
+            stride=settings.window.stride,
+            gap_factor=settings.window.gap_factor,
+            state_width=self.spec.state_width if self.spec.seeding == "carry" else 0,
+        )
+        self.batcher = Batcher(settings.inference.max_batch, settings.inference.max_wait_ms / 1000)
+        self.offsets = Offsets()
+        self.serving = Serving(
+            settings,
+            self.store,
+            on_loaded=self._model_loaded,
+            pause_input=self._pause_for_training,
+            resume_input=self._resume_after_training,
+            status=self._status,
+        )
+        self._unacked_log_ts: list[np.ndarray] = []
+        self._ready_sent = False
+        self._dead_letter_log = RateLimited(60.0)
+        #: Called at the top of every loop iteration; tests use it to stall the loop.
+        self.loop_hook: Callable[[], None] | None = None
+        self._resources = contextlib.ExitStack()
+        self.source: KafkaSource
+        self.sink: KafkaSink
+        self.http: HttpServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.startup()
+        except StartupError as exc:
+            logger.error("startup failed: %s", exc)
+            self._resources.close()
+            return EXIT_STARTUP
+        code = EXIT_OK
+        try:
+            self.main_loop()
+        except DeliveryError as exc:
+            logger.error(
+                "delivery failed, offsets left uncommitted: %s", exc, extra={"ctx": self._ctx()}
+            )
+            code = EXIT_FATAL
+        except Exception:
+            logger.exception("main loop failed", extra={"ctx": self._ctx()})
+            code = EXIT_FATAL
+        self.shutdown(drain=code == EXIT_OK)
+        return code
+
+    def startup(self) -> None:
+        s = self.settings
+        logger.info(
+            "streamcast %s starting group=%s topic=%s",
+            __version__,
+            s.kafka.group_id,
+            s.kafka.input_topic,
+        )
+        self.notifier.status("starting")
+        if s.http.enabled:
+            self.http = HttpServer(s.http.host, s.http.port, self.metrics.registry, self.health)
+            self.http.start()
+            self._resources.callback(self.http.close)
+        self.serving.start()
+        self.sink = KafkaSink(s.kafka)
+        self._resources.callback(self.sink.close)
+        self.source = KafkaSource(
+            s.kafka,
+            rebuild_records=s.window.rebuild_records,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+        )
+        self._resources.callback(self.source.close)
+        self.health.broker_reachable = self.source.broker_reachable
+        self.metrics.set_lag_source(self.source.lag)
+        self.metrics.sensors.set_function(lambda: len(self.store))
+        self.source.wait_for_topic(min(5.0, s.kafka.startup_timeout_s))
+        self.health.beat()
+
+    def should_exit(self) -> bool:
+        return self.stop.is_set()
+
+    def main_loop(self) -> None:
+        while not self.should_exit():
+            if self.loop_hook is not None:
+                self.loop_hook()
+            records = self.source.poll(self._poll_timeout_ms())  # poll
+            if records:
+                self.consume(records)  # decode → window → batch
+            while self.batcher.due(time.monotonic()):
+                self.forecast(self.batcher.take(time.monotonic()))  # seed → infer → publish
+            self.deliver()  # flush → commit
+            self.maintain()  # first model, hot swap, readiness
+            self.heartbeat()
+
+    def shutdown(self, *, drain: bool = True) -> None:
+        """Finish the batch in flight, flush, commit and close, within the bound."""
+        self.notifier.stopping()
+        self.health.phase = "stopping"
+        self.metrics.ready.set(0)
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if drain and hasattr(self, "source"):
+            try:
+                while len(self.batcher) and self.serving.served is not None:
+                    self.forecast(self.batcher.take(time.monotonic()))
+                self.deliver(timeout_s=max(0.5, deadline - time.monotonic() - 1.0))
+            except Exception:
+                logger.exception(
+                    "could not finish the last batch; its readings stay uncommitted",
+                    extra={"ctx": self._ctx()},
+                )
+        self.serving.stop()
+        self._resources.close()
+        self.notifier.close()
+        logger.info("streamcast stopped")
+
+    # -- the data flow -----------------------------------------------------------------------
+
+    def consume(self, records: Sequence[Any]) -> None:
+        """Decode, update windows, queue ready windows, dead-letter the rest."""
+        replay, live = self.source.split_replay(records)
+        if replay:
+            self.store.append(self.decode(replay)[0], emit=False)  # rebuild, no output
+        if not live:
+            return
+        readings, letters = self.decode(live)
+        appended = self.store.append(readings, emit=self.serving.served is not None)
+        letters += self._refused_by_windows(live, readings, appended)
+        self._count(readings, letters, appended)
+        self.publish_dead_letters(letters)
+        if self.serving.gathering:
+            self.serving.observe(readings.take(_accepted(readings, appended)))
+        if len(appended):
+            self.batcher.add(Ready.of(readings, appended), time.monotonic())
+        self.offsets.processed_up_to(live)
+
+    def decode(self, records: Sequence[Any]) -> tuple[Readings, list[DeadLetter]]:
+        return decode_records(
+            records, self.spec.num_features, self.settings.kafka.max_message_bytes
+        )
+
+    def forecast(self, batch: Ready) -> None:
+        """Seed states, run the batch through the model, publish the forecasts."""
+        assert self.serving.served is not None
+        started = time.perf_counter()
+        forecast = self.serving.infer(batch)
+        self.metrics.inference.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        values = encode_forecasts(
+            batch.sensors,
+            batch.ts,
+            batch.step_s,
+            forecast,
+            issued_at=time.time(),
+            model_version=self.serving.served.version,
+            seed=self.spec.seeding,
+        )
+        self.sink.send_forecasts([s.encode() for s in batch.sensors], values)
+        self._unacked_log_ts.append(batch.log_ts)
+        self.offsets.dirty = True
+
+    def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        self.sink.send_dead_letters(letters)
+        for dl in letters:
+            self.metrics.dead_letters.labels(dl.reason).inc()
+            # Bad input is data, not an incident: one warning per reason per minute,
+            # with its context; every one is counted in the metrics.
+            if self._dead_letter_log.due(dl.reason):
+                logger.warning(
+                    "dead letter (further ones with this reason are counted, not logged, "
+                    "for a minute): %s",
+                    dl.detail,
+                    extra={
+                        "ctx": {
+                            "reason": dl.reason,
+                            "topic": dl.topic,
+                            "partition": dl.partition,
+                            "offset": dl.offset,
+                            "sensor": (dl.key or b"").decode("utf-8", "replace"),
+                        }
+                    },
+                )
+
+    def deliver(self, timeout_s: float | None = None) -> None:
+        """Wait for the broker's acks, then commit what they cover."""
+        if not self.offsets.dirty:
+            return
+        acked_at = self.sink.flush(timeout_s)
+        if self._unacked_log_ts:
+            log_ts = np.concatenate(self._unacked_log_ts)
+            self._unacked_log_ts = []
+            self.metrics.forecasts.inc(len(log_ts))
+            observe = self.metrics.end_to_end.observe
+            for latency in (acked_at - log_ts).tolist():
+                observe(max(0.0, latency))
+        if self.serving.served is None:
+            self.offsets.dirty = False
+            return  # no commits while gathering history: those readings train version 1
+        offsets = self.offsets.to_commit(self.batcher.first_offsets())
+        try:
+            self.source.commit(offsets)
+            self.metrics.commits.labels("ok").inc()
+            self.offsets.dirty = False
+        except Exception as exc:  # a rebalance in progress; the next commit covers it
+            self.metrics.commits.labels("failed").inc()
+            logger.warning(
+                "commit failed: %s", exc, extra={"ctx": {**self._ctx(), "offsets": offsets}}
+            )
+
+    def maintain(self) -> None:
+        """The model's lifecycle, then readiness."""
+        self.serving.maintain()
+        ready = self.serving.served is not None and self.health.partitions > 0
+        self.metrics.ready.set(1 if ready else 0)
+        if ready and not self._ready_sent:
+            self._ready_sent = True
+            self.health.phase = "forecasting"
+            self.notifier.ready(f"forecasting with model version {self.serving.version}")
+
+    def heartbeat(self) -> None:
+        self.health.beat()
+        self.notifier.watchdog()
+
+    # -- what the serving unit reports and asks for ------------------------------------------
+
+    def _model_loaded(self, version: int, seconds: float) -> None:
+        self.metrics.set_model(version, seconds)
+        self.health.model_version = version
+
+    def _status(self, phase: str, status: str) -> None:
+        self.health.phase = phase
+        self.notifier.status(status)
+
+    def _pause_for_training(self) -> None:
+        self.deliver()
+        self.source.pause()
+
+    def _resume_after_training(self) -> None:
+        self.source.resume()
+        self.offsets.dirty = True  # commit what the gathered history covered
+
+    # -- rebalance callbacks (run inside poll) -----------------------------------------------
+
+    def _on_revoked(self, partitions: set[int]) -> None:
+        """Forget what belongs to partitions that moved away.
+
+        Runs on the client's IO thread, so it only touches local state. Windows
+        still waiting for inference are dropped, not forecast: their offsets are
+        uncommitted, so the partitions' new owner forecasts them (at-least-once).
+        """
+        self.batcher.drop_partitions(partitions)
+        self.store.drop_partitions(partitions)
+        self.offsets.forget(partitions)
+        self.health.partitions = max(0, self.health.partitions - len(partitions))
+
+    def _on_assigned(self, partitions: set[int]) -> None:
+        self.metrics.rebalances.inc()
+        self.health.partitions = len(partitions)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _ctx(self) -> dict[str, Any]:
+        """What every error line names: where the daemon reads, writes, and what serves."""
+        return {
+            "topic": self.settings.kafka.input_topic,
+            "group": self.settings.kafka.group_id,
+            "partitions": self.offsets.partitions,
+            "model_version": self.serving.version,
+        }
+
+    def _poll_timeout_ms(self) -> int:
+        return int(1000 * self.batcher.wait_s(time.monotonic(), _IDLE_POLL_S))
+
+    def _count(self, readings: Readings, letters: list[DeadLetter], appended: Appended) -> None:
+        refused = len(appended.rejected)
+        m = self.metrics
+        m.readings.labels("ok").inc(len(readings) - refused)
+        m.readings.labels("dead_letter").inc(len(letters) - refused)
+        for reason in appended.reasons:
+            m.readings.labels(reason).inc()
+        if appended.evicted:
+            m.evicted.inc(appended.evicted)
+        if appended.restarts:
+            m.restarts.inc(appended.restarts)
+
+    @staticmethod
+    def _refused_by_windows(
+        records: Sequence[Any], readings: Readings, appended: Appended
+    ) -> list[DeadLetter]:
+        out = []
+        for i, reason in zip(appended.rejected.tolist(), appended.reasons, strict=True):
+            record = records[int(readings.record_index[i])]
+            detail = f"ts {readings.ts[i]!r} is not newer than the sensor's last reading"
+            out.append(DeadLetter.of(record, reason, detail))
+        return out
+
+
+def _accepted(readings: Readings, appended: Appended) -> np.ndarray:
+    keep = np.ones(len(readings), bool)
+    keep[appended.rejected] = False
+    return keep

@@ -1,0 +1,271 @@
+"""The model lifecycle inside the daemon: load, warm, hot swap, and the first model.
+
+With a model in the registry the daemon serves its newest version and checks
+the registry every few seconds for a newer one, which is loaded, compiled and
+warmed, then swapped in between batches; a bad new version is logged and
+skipped. With an empty registry it gathers history from the stream and trains
+version 1 in a spawned process while the loop keeps polling.
+
+TensorFlow is imported here only when a model is loaded, through
+``streamcast.model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamcast.config import Settings
+from streamcast.errors import ModelMismatchError, RegistryError, StartupError
+from streamcast.learn.examples import split_sizes
+from streamcast.learn.history import History
+from streamcast.learn.job import TrainingJob
+from streamcast.learn.registry import ModelRegistry
+from streamcast.stream.batcher import Ready
+from streamcast.stream.messages import Readings
+from streamcast.stream.windows import WindowStore
+
+if TYPE_CHECKING:
+    from streamcast.model.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_CHECK_S = 5.0
+_BOOTSTRAP_MAX_SENSORS = 2_000  # bounds the history kept to train the first model
+
+
+@dataclass
+class Served:
+    """The model currently answering: its version and compiled predictor."""
+
+    version: int
+    predictor: Predictor
+
+
+class Serving:
+    """Which model version answers, and how the next one gets there.
+
+    ``on_loaded(version, seconds, device)`` reports every model put into service;
+    ``pause_input`` / ``resume_input`` hold the input while version 1 trains.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WindowStore,
+        *,
+        on_loaded: Callable[[int, float], None],
+        pause_input: Callable[[], None],
+        resume_input: Callable[[], None],
+        status: Callable[[str, str], None],
+    ) -> None:
+        self.settings = settings
+        self.spec = settings.model
+        self.store = store
+        self.registry = ModelRegistry(settings.registry.path)
+        self.served: Served | None = None
+        self.history: History | None = None
+        self.training: TrainingJob | None = None
+        self._on_loaded = on_loaded
+        self._pause_input = pause_input
+        self._resume_input = resume_input
+        self._status = status
+        self._next_check = 0.0
+        self._rejected_version = 0
+
+    @property
+    def gathering(self) -> bool:
+        """True while history for the first model is being gathered."""
+        return self.history is not None
+
+    @property
+    def version(self) -> int | None:
+        return self.served.version if self.served is not None else None
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve the newest version, or start gathering history for the first one."""
+        latest = self.registry.latest()
+        if latest is not None:
+            try:
+                self.load(latest)
+            except (RegistryError, ModelMismatchError) as exc:
+                raise StartupError(str(exc)) from exc
+            return
+        s = self.settings
+        logger.info(
+            "registry %s is empty: gathering %d training examples from the stream",
+            s.registry.path,
+            s.training.bootstrap_windows,
+        )
+        span = self.spec.num_steps + 1 + self.spec.horizon
+        self.history = History(
+            self.spec.num_features,
+            # enough for a chronological validation part of its own per sensor
+            max_per_sensor=math.ceil(2 * span / s.training.validation_fraction),
+            max_sensors=_BOOTSTRAP_MAX_SENSORS,
+        )
+        self._status("bootstrap", "gathering history to train the first model")
+
+    # -- the loop's calls ----------------------------------------------------------------
+
+    def observe(self, readings: Readings) -> None:
+        """Accepted readings, kept while the first model's history is gathered."""
+        if self.history is not None and len(readings):
+            self.history.add(readings)
+
+    def maintain(self) -> None:
+        """Advance the first model's training, or swap in a newer version."""
+        if self.served is None:
+            self._bootstrap()
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + REGISTRY_CHECK_S
+        latest = self.registry.latest()
+        if latest is not None and latest > max(self.served.version, self._rejected_version):
+            self._swap_to(latest)
+
+    def infer(self, batch: Ready) -> np.ndarray:
+        """Seed states, run the batch through the serving model: (n, horizon, features)."""
+        assert self.served is not None
+        if self.spec.seeding == "carry":
+            return self._infer_carried(batch)
+        return self.served.predictor.predict(batch.windows, batch.truths).forecast
+
+    def stop(self) -> None:
+        if self.training is not None:
+            self.training.stop()
+
+    # -- carry mode ----------------------------------------------------------------------
+
+    def _infer_carried(self, batch: Ready) -> np.ndarray:
+        """Carry mode: each window starts from its sensor's states after the previous one.
+
+        A batch may hold several windows of one sensor (a burst, a catch-up); the
+        k-th of them runs in round k, after round k-1 stored the states it needs.
+        """
+        assert self.served is not None
+        order = np.argsort(batch.slots, kind="stable")
+        sorted_slots = batch.slots[order]
+        starts = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
+        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order)) - first_of_group
+        forecast = np.empty((len(batch), self.spec.horizon, self.spec.num_features), np.float32)
+        for r in range(int(rank.max()) + 1 if len(rank) else 0):
+            rows = np.flatnonzero(rank == r)
+            slots, generations = batch.slots[rows], batch.generations[rows]
+            carry, has_carry = self.store.carry(slots, generations)
+            prediction = self.served.predictor.predict(
+                batch.windows[rows], batch.truths[rows], carry, has_carry
+            )
+            self.store.store_carry(slots, generations, prediction.states)
+            forecast[rows] = prediction.forecast
+        return forecast
+
+    # -- loading and swapping ------------------------------------------------------------
+
+    def load(self, version: int) -> None:
+        """Load, check, compile and warm a version, then put it into service.
+
+        Raises RegistryError / ModelMismatchError; the caller decides whether that
+        stops start-up or only skips a bad new version.
+        """
+        from streamcast.model.predictor import Predictor
+
+        started = time.perf_counter()
+        loaded = self.registry.load(version, expect=self.spec)
+        stored = loaded.cfg
+        if stored.seeding != self.spec.seeding or (
+            self.spec.seeding == "carry" and stored.units != self.spec.units
+        ):
+            raise ModelMismatchError(
+                f"model version {loaded.version} was built for seeding={stored.seeding} "
+                f"units={list(stored.units)} but the configuration asks for "
+                f"seeding={self.spec.seeding} units={list(self.spec.units)}"
+            )
+        inference = self.settings.inference
+        # The model's own shape (its units may differ from the config's, which only
+        # decide the shape of models trained from now on).
+        predictor = Predictor(
+            loaded.model, stored, max_batch=inference.max_batch, jit_compile=inference.jit_compile
+        )
+        predictor.warmup()
+        if self.served is not None and self.spec.seeding == "carry":
+            self.store.clear_carry()  # a new model's states mean something else
+        self.served = Served(loaded.version, predictor)
+        seconds = time.perf_counter() - started
+        self._on_loaded(loaded.version, seconds)
+        logger.info(
+            "serving model version=%d load_seconds=%.2f device=%s",
+            loaded.version,
+            seconds,
+            predictor.device,
+        )
+
+    def _swap_to(self, version: int) -> None:
+        """Hot swap; a bad new version is logged and skipped, the current one keeps serving."""
+        try:
+            self.load(version)
+        except (RegistryError, ModelMismatchError) as exc:
+            self._rejected_version = version
+            logger.error(
+                "model version %d rejected, still serving version %s: %s",
+                version,
+                self.version,
+                exc,
+                extra={"ctx": {"model_version": version}},
+            )
+
+    # -- the first model -----------------------------------------------------------------
+
+    def _bootstrap(self) -> None:
+        if self.training is None:
+            self._maybe_start_training()
+            return
+        if not self.training.done():
+            return
+        job, self.training = self.training, None
+        latest = self.registry.latest()
+        if not job.ok or latest is None:
+            raise RuntimeError(
+                f"training the first model failed (exit code {job.process.exitcode})"
+            )
+        self.history = None
+        self.load(latest)  # a failure here is fatal: nothing to serve
+        self._resume_input()
+
+    def _maybe_start_training(self) -> None:
+        assert self.history is not None
+        training = self.settings.training
+        train, val = split_sizes(
+            self.history.lengths(),
+            self.spec.num_steps,
+            self.spec.horizon,
+            training.validation_fraction,
+        )
+        if train < training.bootstrap_windows or val == 0:
+            return
+        logger.info("training model version 1 examples=%d", train)
+        self._status("training", f"training the first model on {train} examples")
+        self._pause_input()
+        # Nothing is forecast until version 1 exists, so its training may use every
+        # core; later retraining keeps to training.threads and leaves inference a core.
+        first = training.model_copy(update={"threads": max(training.threads, os.cpu_count() or 1)})
+        self.training = TrainingJob(
+            self.spec,
+            first,
+            self.settings.registry.path,
+            self.history.series(),
+            self.history.timestamps(),
+        ).start()

@@ -1,0 +1,234 @@
+"""KafkaSource: the consumer side of the daemon.
+
+It owns the consumer-group membership, manual commits and the rebuild of
+windows after a rebalance: before a newly assigned partition is processed, the
+source seeks back ``rebuild_records`` before the committed offset, and every
+record below the committed offset is flagged as *replay* (it rebuilds windows
+but yields no forecast and no dead letter: both were delivered before the
+commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from streamcast.config import KafkaSettings
+from streamcast.errors import StartupError
+
+logger = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[set[int]], None]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on the client's IO thread, where no blocking call is allowed: it only
+    records what changed and pauses new partitions until the main thread has
+    positioned them (see ``KafkaSource.settle``)."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.source._revoked({tp.partition for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.source._assigned(list(assigned))
+
+
+class KafkaSource:
+    """Consumes one input topic as part of a consumer group; offsets committed by hand."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        rebuild_records: int,
+        on_assigned: PartitionsCallback,
+        on_revoked: PartitionsCallback,
+    ) -> None:
+        self.topic = kafka.input_topic
+        self.rebuild_records = rebuild_records
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        #: partition → first offset that is new work; lower offsets are replay.
+        self.replay_until: dict[int, int] = {}
+        #: partition → next offset to be consumed, as last polled (read by the lag collector).
+        self.positions: dict[int, int] = {}
+        self._unsettled: list[TopicPartition] = []
+        self.paused = False
+        try:
+            self.consumer = KafkaConsumer(
+                **kafka.client_options(),
+                group_id=kafka.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=kafka.auto_offset_reset,
+                session_timeout_ms=kafka.session_timeout_ms,
+                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                max_poll_interval_ms=kafka.max_poll_interval_ms,
+                max_poll_records=kafka.max_poll_records,
+                bootstrap_timeout_ms=int(kafka.startup_timeout_s * 1000),
+            )
+        except KafkaError as exc:
+            raise StartupError.broker_unreachable(
+                kafka.bootstrap_servers, kafka.startup_timeout_s, exc
+            ) from exc
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+
+    # -- rebalance ---------------------------------------------------------------------------
+
+    def _revoked(self, partitions: set[int]) -> None:
+        logger.info("partitions revoked topic=%s partitions=%s", self.topic, sorted(partitions))
+        for p in partitions:
+            self.replay_until.pop(p, None)
+            self.positions.pop(p, None)
+        self._unsettled = [tp for tp in self._unsettled if tp.partition not in partitions]
+        self._on_revoked(partitions)
+
+    def _assigned(self, assigned: list[TopicPartition]) -> None:
+        logger.info(
+            "partitions assigned topic=%s partitions=%s",
+            self.topic,
+            sorted(tp.partition for tp in assigned),
+        )
+        if assigned:
+            self.consumer.pause(*assigned)
+            self._unsettled.extend(assigned)
+        self._on_assigned({tp.partition for tp in assigned})
+
+    def settle(self) -> None:
+        """Position newly assigned partitions, then let them fetch.
+
+        Re-reads ``rebuild_records`` before each committed offset so no sensor starts
+        cold; everything below the committed offset is replay. Runs on the main
+        thread, where the blocking offset look-ups are allowed.
+        """
+        if not self._unsettled:
+            return
+        pending, self._unsettled = self._unsettled, []
+        owned = self.consumer.assignment()
+        pending = [tp for tp in pending if tp in owned]
+        if self.rebuild_records > 0 and pending:
+            self._seek_back(pending)
+        if not self.paused:
+            self.consumer.resume(*pending)
+
+    def _seek_back(self, assigned: list[TopicPartition]) -> None:
+        try:
+            beginnings = self.consumer.beginning_offsets(assigned)
+        except KafkaError as exc:
+            logger.warning("cannot rebuild windows: beginning_offsets failed error=%s", exc)
+            beginnings = {}
+        for tp in assigned:
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                continue  # a fresh group: auto_offset_reset decides, nothing to rebuild
+            start = max(int(beginnings.get(tp, 0)), committed - self.rebuild_records)
+            if start < committed:
+                self.consumer.seek(tp, start)
+                self.replay_until[tp.partition] = committed
+                logger.info(
+                    "rebuilding windows topic=%s partition=%d from=%d committed=%d",
+                    tp.topic,
+                    tp.partition,
+                    start,
+                    committed,
+                )
+
+    # -- the loop's calls --------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int) -> list[Any]:
+        self.settle()
+        batches = self.consumer.poll(timeout_ms=timeout_ms)
+        self.settle()
+        if not batches:
+            return []
+        for tp, records in batches.items():
+            self.positions[tp.partition] = records[-1].offset + 1
+        if len(batches) == 1:
+            return list(next(iter(batches.values())))
+        return [r for records in batches.values() for r in records]
+
+    def split_replay(self, records: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """(replay, live): records below a partition's committed offset only rebuild windows."""
+        if not self.replay_until:
+            return [], list(records)
+        replay: list[Any] = []
+        live: list[Any] = []
+        is_replay = self.is_replay
+        for rec in records:
+            (replay if is_replay(rec.partition, rec.offset) else live).append(rec)
+        return replay, live
+
+    def is_replay(self, partition: int, offset: int) -> bool:
+        until = self.replay_until.get(partition)
+        if until is None:
+            return False
+        if offset >= until:
+            del self.replay_until[partition]
+            return False
+        return True
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``partition → next offset``; raises the client's error on failure."""
+        if not offsets:
+            return
+        self.consumer.commit(
+            {
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                for p, o in offsets.items()
+            }
+        )
+
+    def assigned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.consumer.assignment()}
+
+    def pause(self) -> None:
+        self.paused = True
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume(self) -> None:
+        self.paused = False
+        self.consumer.resume(*self.consumer.paused())
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the fetch high watermark, per partition polled so far.
+
+        Called from the scrape thread: it only reads cached numbers (the client is not
+        thread-safe, so no request is made here). The broker's ListOffsets answer is
+        not used because some brokers under-report it; the watermark sent with every
+        fetch is right.
+        """
+        out: dict[tuple[str, int], int] = {}
+        for partition, position in list(self.positions.items()):
+            high = self.consumer.highwater(TopicPartition(self.topic, partition))
+            if high is not None:
+                out[(self.topic, partition)] = max(0, int(high) - position)
+        return out
+
+    def broker_reachable(self) -> bool:
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if coordinator is None:
+            return bool(self.consumer.bootstrap_connected())
+        return not coordinator.coordinator_unknown()
+
+    def wait_for_topic(self, timeout_s: float) -> None:
+        """Fail start-up clearly when the broker answers but the metadata never comes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.topic in self.consumer.topics():
+                    return
+            except KafkaError:
+                pass
+            time.sleep(0.2)
+        logger.warning("topic=%s not found yet; waiting for it to be created", self.topic)
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

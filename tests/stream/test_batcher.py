@@ -1,0 +1,57 @@
+"""The batcher: size or age forms a batch; commits stop at the first pending offset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamcast.stream.batcher import Batcher, Ready
+
+
+def _ready(partitions: list[int], offsets: list[int]) -> Ready:
+    n = len(offsets)
+    return Ready(
+        sensors=[f"s{i}" for i in range(n)],
+        windows=np.zeros((n, 4, 2), np.float32),
+        truths=np.zeros((n, 2), np.float32),
+        slots=np.arange(n),
+        generations=np.zeros(n, np.int64),
+        step_s=np.ones(n),
+        ts=np.arange(n, dtype=np.float64),
+        log_ts=np.zeros(n),
+        partitions=np.asarray(partitions, np.int32),
+        offsets=np.asarray(offsets, np.int64),
+    )
+
+
+def test_a_full_batch_is_due_at_once_and_the_rest_waits() -> None:
+    b = Batcher(max_batch=4, max_wait_s=10.0)
+    b.add(_ready([0, 0, 1], [5, 6, 9]), now=0.0)
+    assert not b.due(now=1.0)
+    b.add(_ready([1, 1, 0], [10, 11, 7]), now=1.0)
+    assert b.due(now=1.0)
+    batch = b.take(now=1.0)
+    assert batch.offsets.tolist() == [5, 6, 9, 10]
+    assert len(b) == 2
+    assert b.first_offsets() == {1: 11, 0: 7}
+
+
+def test_a_partial_batch_is_due_after_max_wait() -> None:
+    b = Batcher(max_batch=100, max_wait_s=0.05)
+    assert b.wait_s(now=0.0, idle_s=0.5) == 0.5
+    b.add(_ready([0], [1]), now=0.0)
+    assert b.wait_s(now=0.02, idle_s=0.5) == pytest.approx(0.03)
+    assert not b.due(now=0.04)
+    assert b.due(now=0.05)
+    assert len(b.take(now=0.05)) == 1
+    assert len(b) == 0 and b.first_offsets() == {}
+
+
+def test_rows_of_revoked_partitions_are_dropped() -> None:
+    b = Batcher(max_batch=100, max_wait_s=1.0)
+    b.add(_ready([0, 1, 2, 1], [1, 2, 3, 4]), now=0.0)
+    b.drop_partitions({1})
+    assert len(b) == 2
+    batch = b.take(now=0.0)
+    assert batch.partitions.tolist() == [0, 2]
+    assert batch.sensors == ["s0", "s2"]

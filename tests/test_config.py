@@ -1,0 +1,89 @@
+"""Configuration: YAML + environment, validation that names the field, masked secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamcast.config import load_settings
+from streamcast.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("STREAMCAST_"):
+            monkeypatch.delenv(name)
+
+
+def test_yaml_file_then_environment_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "kafka:\n  bootstrap_servers: kafka-1:9092,kafka-2:9092\n  group_id: from-file\n"
+        "window:\n  stride: 96\nmodel:\n  units: [8, 16, 32]\n"
+    )
+    monkeypatch.setenv("STREAMCAST_KAFKA__GROUP_ID", "from-env")
+    monkeypatch.setenv("STREAMCAST_HTTP__PORT", "9500")
+    s = load_settings(path)
+    assert s.kafka.group_id == "from-env"
+    assert s.kafka.client_options()["bootstrap_servers"] == ["kafka-1:9092", "kafka-2:9092"]
+    assert s.window.stride == 96
+    assert s.model.units == (8, 16, 32)
+    assert s.http.port == 9500
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "field"),
+    [
+        ("STREAMCAST_KAFKA__BOOTSTRAP_SERVERS", "kafka-without-port", "kafka.bootstrap_servers"),
+        ("STREAMCAST_WINDOW__NUM_STEPS", "1", "window.num_steps"),
+        ("STREAMCAST_WINDOW__STRIDE", "0", "window.stride"),
+        ("STREAMCAST_MODEL__UNITS", "8,0", "model.units"),
+        ("STREAMCAST_MODEL__SEED", "random", "model.seed"),
+        ("STREAMCAST_HTTP__PORT", "70000", "http.port"),
+        ("STREAMCAST_INFERENCE__JIT_COMPILE", "maybe", "inference.jit_compile"),
+        ("STREAMCAST_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+    ],
+)
+def test_bad_values_name_the_field(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, field: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert field in str(err.value)
+    assert env in str(err.value)
+
+
+def test_unknown_fields_in_the_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("window:\n  num_step: 48\n")
+    with pytest.raises(ConfigError, match=r"window\.num_step"):
+        load_settings(path)
+
+
+def test_missing_or_broken_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(broken)
+
+
+def test_secrets_pass_through_but_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMCAST_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("STREAMCAST_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("STREAMCAST_KAFKA__SASL_PLAIN_USERNAME", "svc")
+    monkeypatch.setenv("STREAMCAST_KAFKA__SASL_PLAIN_PASSWORD", "s3cret-value")
+    s = load_settings()
+    opts = s.kafka.client_options()
+    assert opts["sasl_plain_password"] == "s3cret-value"
+    assert opts["security_protocol"] == "SASL_SSL"
+    assert "s3cret-value" not in repr(s)
+    assert "s3cret-value" not in str(s.masked())
