@@ -165,11 +165,11 @@ class Serving:
         for r in range(int(rank.max()) + 1 if len(rank) else 0):
             rows = np.flatnonzero(rank == r)
             slots, generations = batch.slots[rows], batch.generations[rows]
-            carry, has_carry = self.store.carry(slots, generations)
+            carry, has_carry = self.store.carried.get(slots, generations)
             prediction = self.served.predictor.predict(
                 batch.windows[rows], batch.truths[rows], carry, has_carry
             )
-            self.store.store_carry(slots, generations, prediction.states)
+            self.store.carried.put(slots, generations, prediction.states)
             forecast[rows] = prediction.forecast
         return forecast
 
@@ -202,7 +202,7 @@ class Serving:
         )
         predictor.warmup()
         if self.served is not None and self.spec.seeding == "carry":
-            self.store.clear_carry()  # a new model's states mean something else
+            self.store.carried.clear()  # a new model's states mean something else
         self.served = Served(loaded.version, predictor)
         seconds = time.perf_counter() - started
         self._on_loaded(loaded.version, seconds)

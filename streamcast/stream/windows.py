@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from streamcast.stream.carry import CarriedStates
 from streamcast.stream.messages import Readings
+from streamcast.stream.slots import SensorSlots
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 # estimate, so jitter and a single missed reading barely move it.
 _STEP_ALPHA = 0.1
 _STEP_CLIP = 2.0
-_NO_TOUCH = np.iinfo(np.int64).max
 _MAX_TABLE_LENGTH = 1024  # window gather table: at most 1024 x 1023 int32 (4 MiB)
 
 IntArray = npt.NDArray[np.int64]
@@ -76,8 +75,6 @@ class WindowStore:
             raise ValueError("capacity, num_steps, num_features and stride must be >= 1")
         if gap_factor <= 1.0:
             raise ValueError(f"gap_factor {gap_factor} must be > 1")
-        if state_width < 0:
-            raise ValueError(f"state_width {state_width} must be >= 0")
         self.capacity = capacity
         self.num_steps = num_steps
         self.num_features = num_features
@@ -91,18 +88,12 @@ class WindowStore:
         self._count = np.zeros(capacity, np.int64)  # readings since (re)start
         self._last_ts = np.full(capacity, -np.inf, np.float64)
         self._step = np.zeros(capacity, np.float64)  # 0 = unknown yet
-        self._touched = np.full(capacity, _NO_TOUCH, np.int64)  # _NO_TOUCH = free slot
-        self._partition = np.full(capacity, -1, np.int32)
-        self._generation = np.zeros(capacity, np.int64)
+        self.slots = SensorSlots(capacity)
+        self._generation = self.slots.generation
         # The ring seen as one opaque record per reading, for fast 1-D gathers.
         record = np.dtype((np.void, 4 * num_features))
         self._rows: npt.NDArray[np.void] = self._ring.reshape(-1, num_features).view(record)[:, 0]
-        self._states = np.zeros((capacity, state_width), np.float32)
-        self._has_carry = np.zeros(capacity, np.bool_)
-        self._slot_of: dict[str, int] = {}
-        self._sensor_of: list[str | None] = [None] * capacity
-        self._free: list[int] = list(range(capacity - 1, -1, -1))  # pop() gives slot 0 first
-        self._seq = 0
+        self.carried = CarriedStates(self._generation, state_width)
         # Row p: ring columns of the window when the oldest reading (the truth) is at p.
         # A lookup table is ~3x faster than wrapping arithmetic; it grows as length**2,
         # so long windows wrap arithmetically instead.
@@ -117,10 +108,10 @@ class WindowStore:
     # -- introspection -------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self.slots)
 
     def __contains__(self, sensor: object) -> bool:
-        return sensor in self._slot_of
+        return sensor in self.slots
 
     @property
     def nbytes(self) -> int:
@@ -131,34 +122,29 @@ class WindowStore:
             self._count,
             self._last_ts,
             self._step,
-            self._touched,
-            self._partition,
-            self._generation,
-            self._states,
-            self._has_carry,
             self._after_oldest,
         )
         table = 0 if self._window_cols is None else self._window_cols.nbytes
-        return table + sum(a.nbytes for a in arrays)
+        extra = self.slots.nbytes + self.carried.nbytes
+        return table + extra + sum(a.nbytes for a in arrays)
 
     def sensor_of(self, slot: int) -> str:
-        name = self._sensor_of[slot]
-        if name is None:
-            raise KeyError(f"slot {slot} is free")
-        return name
+        return self.slots.sensor_of(slot)
 
     def slot_of(self, sensor: str) -> int | None:
-        return self._slot_of.get(sensor)
+        return self.slots.get(sensor)
 
     def fill(self) -> npt.NDArray[np.float64]:
         """Fraction of a full window (window + truth) each tracked sensor holds, for metrics."""
-        used = self._touched != _NO_TOUCH
+        used = self.slots.used()
         fill: npt.NDArray[np.float64] = np.minimum(self._count[used], self._length) / self._length
         return fill
 
     def window_of(self, sensor: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """The sensor's current (window, truth), oldest first; valid when its count is full."""
-        slot = self._slot_of[sensor]
+        slot = self.slots.get(sensor)
+        if slot is None:
+            raise KeyError(sensor)
         window, truth = self._gather(np.array([slot], np.int64))
         return window[0], truth[0]
 
@@ -174,7 +160,7 @@ class WindowStore:
                 f"readings have {readings.values.shape[1]} features, store {self.num_features}"
             )
         sensors = readings.sensors
-        slots = np.fromiter(map(self._slot_of.get, sensors, repeat(-1, n)), np.int64, count=n)
+        slots = self.slots.lookup(sensors)
         evicted = 0
         missing = np.flatnonzero(slots < 0)
         if len(missing):
@@ -188,48 +174,31 @@ class WindowStore:
                 second = self.append(readings.take(np.arange(half, n)), emit=emit)
                 return _concat(first, second, half)
             evicted = self._make_room(len(new_names), known)
-            for name in new_names:
-                self._claim(name)
-            slot_of = self._slot_of
-            slots[missing] = [slot_of[sensors[i]] for i in miss]
+            claimed = {name: self._claim(name) for name in new_names}
+            slots[missing] = [claimed[sensors[i]] for i in miss]
         return self._apply(readings, slots, emit, evicted)
 
     def _make_room(self, needed: int, keep: IntArray) -> int:
         """Free slots for ``needed`` new sensors by evicting the idlest, never one in ``keep``."""
-        need = needed - len(self._free)
-        if need <= 0:
-            return 0
-        candidates = self._touched.copy()
-        candidates[keep] = _NO_TOUCH
-        victims = np.argpartition(candidates, need - 1)[:need]
-        for v in victims.tolist():
+        victims = self.slots.victims(needed, keep)
+        for v in victims:
             self._release(v)
-        self.evicted_total += need
-        logger.debug("evicted idle sensors count=%d", need)
-        return need
+        self.evicted_total += len(victims)
+        if victims:
+            logger.debug("evicted idle sensors count=%d", len(victims))
+        return len(victims)
 
-    def _claim(self, name: str) -> None:
-        slot = self._free.pop()
-        self._slot_of[name] = slot
-        self._sensor_of[slot] = name
+    def _claim(self, name: str) -> int:
+        slot = self.slots.claim(name)
         self._pos[slot] = 0
         self._count[slot] = 0
         self._last_ts[slot] = -np.inf
         self._step[slot] = 0.0
-        self._has_carry[slot] = False
-        self._generation[slot] += 1
+        return slot
 
     def _release(self, slot: int) -> None:
-        name = self._sensor_of[slot]
-        if name is not None:
-            del self._slot_of[name]
-        self._sensor_of[slot] = None
-        self._touched[slot] = _NO_TOUCH
-        self._partition[slot] = -1
+        self.slots.release(slot)
         self._count[slot] = 0
-        self._has_carry[slot] = False
-        self._generation[slot] += 1
-        self._free.append(slot)
 
     def _apply(self, readings: Readings, slots: IntArray, emit: bool, evicted: int) -> Appended:
         n = len(slots)
@@ -244,9 +213,7 @@ class WindowStore:
         last_pos = by_slot[starts + counts - 1]
         uniq = ordered[starts]
         # Recency at reading granularity, for eviction; partition of the newest reading.
-        self._touched[uniq] = self._seq + last_pos
-        self._partition[uniq] = readings.partitions[last_pos]
-        self._seq += n
+        self.slots.touch(uniq, last_pos, readings.partitions[last_pos], n)
         rounds = int(counts.max())
         if rounds == 1:
             order = np.arange(n)
@@ -297,7 +264,6 @@ class WindowStore:
             new_cnt = np.where(gap, 1, cnt + 1)
             if gap.any():
                 g = s[gap]
-                self._has_carry[g] = False
                 self._generation[g] += 1
                 restarts += len(g)
             pos = self._pos[s]
@@ -384,59 +350,20 @@ class WindowStore:
             step_s=np.empty(0, np.float64),
         )
 
-    # -- carried LSTM states -------------------------------------------------------------
-
-    def carry(
-        self, slots: IntArray, generations: IntArray
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        """Carried states for these windows; ``has`` is False where none is valid."""
-        slots = np.asarray(slots, np.int64)
-        has = self._has_carry[slots] & (self._generation[slots] == generations)
-        states = self._states[slots]
-        states[~has] = 0.0
-        return states, has
-
-    def store_carry(
-        self, slots: IntArray, generations: IntArray, states: npt.NDArray[np.floating[Any]]
-    ) -> int:
-        """Keep each window's final states; rows whose slot was reused or restarted are dropped."""
-        slots = np.asarray(slots, np.int64)
-        if states.shape != (len(slots), self.state_width):
-            raise ValueError(
-                f"states shape {states.shape}, expected ({len(slots)}, {self.state_width})"
-            )
-        ok = (self._generation[slots] == generations) & (self._touched[slots] != _NO_TOUCH)
-        rows = np.flatnonzero(ok)
-        # Several windows of one sensor in a batch: keep the last row (the newest window).
-        _, rfirst = np.unique(slots[rows][::-1], return_index=True)
-        rows = rows[len(rows) - 1 - rfirst]
-        self._states[slots[rows]] = states[rows]
-        self._has_carry[slots[rows]] = True
-        return len(rows)
-
-    def clear_carry(self) -> None:
-        """Forget every carried state (a newly loaded model's states mean something else)."""
-        self._has_carry[:] = False
-
     # -- rebalancing ---------------------------------------------------------------------
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
         """Forget every sensor of revoked partitions; their new owner rebuilds them."""
-        parts = np.fromiter(partitions, np.int64)
-        if len(parts) == 0:
-            return 0
-        used = self._touched != _NO_TOUCH
-        drop = np.flatnonzero(used & np.isin(self._partition, parts))
-        for slot in drop.tolist():
+        drop = self.slots.of_partitions(partitions)
+        for slot in drop:
             self._release(slot)
-        if len(drop):
+        if drop:
             logger.info("dropped sensors of revoked partitions sensors=%d", len(drop))
         return len(drop)
 
     def clear(self) -> None:
         """Forget every sensor (e.g. after losing all partitions)."""
-        used = np.flatnonzero(self._touched != _NO_TOUCH)
-        for slot in used.tolist():
+        for slot in np.flatnonzero(self.slots.used()).tolist():
             self._release(slot)
 
 

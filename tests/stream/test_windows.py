@@ -182,15 +182,15 @@ def test_gap_restarts_window_and_clears_carry() -> None:
     out = store.append(readings(["a"] * 5, [0, 10, 20, 30, 40]))
     assert len(out) == 2
     gen = int(out.generations[-1])
-    store.store_carry(out.slots[-1:], out.generations[-1:], np.ones((1, 2), np.float32))
-    assert store.carry(out.slots[-1:], out.generations[-1:])[1].tolist() == [True]
+    store.carried.put(out.slots[-1:], out.generations[-1:], np.ones((1, 2), np.float32))
+    assert store.carried.get(out.slots[-1:], out.generations[-1:])[1].tolist() == [True]
     # 30 s is not more than 3 x 10 s: no restart; 100 s is.
     out = store.append(readings(["a", "a"], [70, 170]))
     assert out.restarts == 1 and store.restarts_total == 1
     assert len(out) == 1  # the 70 s reading still completed a window
     slot = store.slot_of("a")
     assert slot is not None
-    states, has = store.carry(np.array([slot]), np.array([gen]))
+    states, has = store.carried.get(np.array([slot]), np.array([gen]))
     assert not has.any() and not states.any()
     # After the restart a full window + truth is needed again; the new step is re-learnt.
     out = store.append(readings(["a"] * 4, [230, 290, 350, 410]))
@@ -237,32 +237,33 @@ def test_carry_round_trip_and_generation_invalidation() -> None:
     store = WindowStore(2, 2, F, state_width=3)
     out = store.append(readings(["a", "b"] * 3, [1, 1, 2, 2, 3, 3]))
     assert len(out) == 2
-    states, has = store.carry(out.slots, out.generations)
+    states, has = store.carried.get(out.slots, out.generations)
     assert states.shape == (2, 3) and not has.any()
     new = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
-    assert store.store_carry(out.slots, out.generations, new) == 2
-    states, has = store.carry(out.slots, out.generations)
+    assert store.carried.put(out.slots, out.generations, new) == 2
+    states, has = store.carried.get(out.slots, out.generations)
     assert has.all()
     np.testing.assert_array_equal(states, new)
     # a is evicted by c; its slot is reused: the old generation must not see c's states.
     store.append(readings(["b"], [4]))
     store.append(readings(["c"], [1]))
-    states, has = store.carry(out.slots, out.generations)
+    states, has = store.carried.get(out.slots, out.generations)
     assert has.tolist() == [False, True]
-    assert store.store_carry(out.slots, out.generations, new * 2) == 1
+    assert store.carried.put(out.slots, out.generations, new * 2) == 1
     slot_c = store.slot_of("c")
     assert slot_c == int(out.slots[0])
-    assert not store._has_carry[slot_c]
+    gen_c = store._generation[slot_c]
+    assert not store.carried.get(np.array([slot_c]), np.array([gen_c]))[1].any()
     with pytest.raises(ValueError):
-        store.store_carry(out.slots, out.generations, np.zeros((2, 4), np.float32))
+        store.carried.put(out.slots, out.generations, np.zeros((2, 4), np.float32))
 
 
 def test_store_carry_keeps_newest_row_per_sensor() -> None:
     store = WindowStore(2, 2, F, state_width=1)
     out = store.append(readings(["a"] * 5, [1, 2, 3, 4, 5]))
     assert len(out) == 3
-    store.store_carry(out.slots, out.generations, np.array([[1], [2], [3]], np.float32))
-    assert store.carry(out.slots[:1], out.generations[:1])[0].tolist() == [[3.0]]
+    store.carried.put(out.slots, out.generations, np.array([[1], [2], [3]], np.float32))
+    assert store.carried.get(out.slots[:1], out.generations[:1])[0].tolist() == [[3.0]]
 
 
 def test_drop_partitions() -> None:
@@ -292,9 +293,10 @@ def test_emit_false_replay_equals_emit_true_state() -> None:
     assert out_replay.windows.shape == (0, 6, F)
     assert out_replay.restarts == out_live.restarts
     assert out_replay.rejected.tolist() == out_live.rejected.tolist()
-    for name in ("_ring", "_pos", "_count", "_last_ts", "_step", "_generation", "_partition"):
+    for name in ("_ring", "_pos", "_count", "_last_ts", "_step", "_generation"):
         np.testing.assert_array_equal(getattr(live, name), getattr(replay, name), err_msg=name)
-    assert live._slot_of == replay._slot_of
+    np.testing.assert_array_equal(live.slots.partition, replay.slots.partition)
+    assert live.slots._slot_of == replay.slots._slot_of
     nxt = readings(sorted(set(names)), [10_000.0] * len(set(names)))
     a, b = live.append(nxt), replay.append(nxt)
     np.testing.assert_array_equal(a.ready, b.ready)
