@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -255,21 +256,51 @@ def env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in loc)
 
 
+# Kubernetes gives every pod ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT`` and friends for
+# each Service in its namespace; a Service named "streamcast" must not break start-up.
+_SERVICE_LINK = re.compile(
+    r"^STREAMCAST_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
+
+
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``STREAMCAST_SECTION__KEY=value`` variables as nested data (values stay strings)."""
+    """``STREAMCAST_SECTION__KEY=value`` variables as nested data (values stay strings).
+
+    A variable that names no setting is an error naming it: a typo must not be
+    silently ignored.
+    """
     out: dict[str, Any] = {}
+    unknown: list[str] = []
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK.match(name):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
-        node = out
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {part} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        if not _is_setting(parts):
+            unknown.append(name)
+            continue
+        if len(parts) == 1:
+            out[parts[0]] = value
+        else:
+            out.setdefault(parts[0], {})[parts[1]] = value
+    if unknown:
+        raise ConfigError(
+            "invalid configuration: unknown environment variable(s) "
+            + ", ".join(sorted(unknown))
+            + f" (settings are {ENV_PREFIX}<SECTION>{ENV_NESTED}<KEY>; `streamcast config show`"
+            " lists them)"
+        )
     return out
+
+
+def _is_setting(parts: list[str]) -> bool:
+    field = Settings.model_fields.get(parts[0])
+    if field is None:
+        return False
+    section = field.annotation
+    is_section = isinstance(section, type) and issubclass(section, BaseModel)
+    if len(parts) == 1:
+        return not is_section
+    return len(parts) == 2 and is_section and parts[1] in section.model_fields  # type: ignore[union-attr]
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

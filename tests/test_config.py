@@ -44,7 +44,8 @@ def test_yaml_file_then_environment_overrides(
         ("STREAMCAST_WINDOW__NUM_STEPS", "1", "window.num_steps"),
         ("STREAMCAST_WINDOW__STRIDE", "0", "window.stride"),
         ("STREAMCAST_MODEL__UNITS", "8,0", "model.units"),
-        ("STREAMCAST_MODEL__SEED", "random", "model.seed"),
+        ("STREAMCAST_MODEL__SEEDING", "random", "model.seeding"),
+        ("STREAMCAST_TRAINING__RANDOM_SEED", "x", "training.random_seed"),
         ("STREAMCAST_HTTP__PORT", "70000", "http.port"),
         ("STREAMCAST_INFERENCE__JIT_COMPILE", "maybe", "inference.jit_compile"),
         ("STREAMCAST_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
@@ -87,3 +88,52 @@ def test_secrets_pass_through_but_are_masked(monkeypatch: pytest.MonkeyPatch) ->
     assert opts["security_protocol"] == "SASL_SSL"
     assert "s3cret-value" not in repr(s)
     assert "s3cret-value" not in str(s.masked())
+
+
+def test_the_file_and_the_environment_are_read_as_given(tmp_path: Path) -> None:
+    """Two loads with different files and environments in one process do not mix."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("kafka:\n  group_id: from-a\n")
+    b.write_text("kafka:\n  group_id: from-b\nwindow:\n  stride: 4\n")
+    first = load_settings(a, environ={})
+    second = load_settings(b, environ={"STREAMCAST_WINDOW__STRIDE": "8"})
+    third = load_settings(environ={})
+    assert (first.kafka.group_id, first.window.stride) == ("from-a", 1)
+    assert (second.kafka.group_id, second.window.stride) == ("from-b", 8)
+    assert third.kafka.group_id == "streamcast"
+
+
+def test_the_window_sets_the_models_length() -> None:
+    s = load_settings(environ={"STREAMCAST_WINDOW__NUM_STEPS": "48"})
+    assert s.model.num_steps == s.window.num_steps == 48
+    assert load_settings(environ={}, model={"num_steps": 96}).model.num_steps == 96
+    with pytest.raises(ConfigError, match=r"model\.num_steps .*window\.num_steps"):
+        load_settings(environ={"STREAMCAST_WINDOW__NUM_STEPS": "48"}, model={"num_steps": 96})
+
+
+@pytest.mark.parametrize(
+    "name", ["STREAMCAST_BOGUS", "STREAMCAST_NOSUCH__KEY", "STREAMCAST_KAFKA__NOPE"]
+)
+def test_unknown_variables_are_refused_by_name(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={name: "1"})
+    assert name in str(err.value)
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    links = {
+        "STREAMCAST_SERVICE_HOST": "10.0.0.7",
+        "STREAMCAST_SERVICE_PORT": "9464",
+        "STREAMCAST_SERVICE_PORT_METRICS": "9464",
+        "STREAMCAST_PORT": "tcp://10.0.0.7:9464",
+        "STREAMCAST_PORT_9464_TCP": "tcp://10.0.0.7:9464",
+        "STREAMCAST_PORT_9464_TCP_ADDR": "10.0.0.7",
+    }
+    assert load_settings(environ=links).http.port == 9464
+
+
+def test_models_saved_before_the_rename_still_load() -> None:
+    from streamcast.config import ModelSpec
+
+    spec = ModelSpec.model_validate({"num_steps": 12, "units": [4], "seed": "carry"})
+    assert spec.seeding == "carry"
