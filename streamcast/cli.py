@@ -135,9 +135,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {source}", flush=True)
     from streamcast.learn.fit import train_and_save
 
-    train_and_save(
-        spec, series, training, args.registry or settings.registry.path, timestamps=timestamps
-    )
+    try:
+        train_and_save(
+            spec, series, training, args.registry or settings.registry.path, timestamps=timestamps
+        )
+    except ValueError as exc:  # data that cannot train this model: say why, no traceback
+        print(f"streamcast train: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
