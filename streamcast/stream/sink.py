@@ -16,7 +16,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from streamcast.config import KafkaSettings
-from streamcast.errors import DeliveryError, StartupError
+from streamcast.errors import DeliveryError
+from streamcast.stream.clients import connect
 from streamcast.stream.messages import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -27,25 +28,18 @@ class KafkaSink:
         self.forecast_topic = kafka.output_topic
         self.dlq_topic = kafka.dlq_topic
         self.delivery_timeout_s = kafka.delivery_timeout_s
-        try:
-            self.producer = KafkaProducer(
-                **kafka.client_options(),
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=kafka.linger_ms,
-                compression_type=None
-                if kafka.compression_type == "none"
-                else kafka.compression_type,
-                max_request_size=max(1_048_576, 4 * kafka.max_message_bytes),
-                # Forecasts are ~2.5 KB each and come in bursts of a batch: big
-                # producer batches compress better and need far fewer requests.
-                batch_size=kafka.producer_batch_bytes,
-                bootstrap_timeout_ms=int(kafka.startup_timeout_s * 1000),
-            )
-        except KafkaError as exc:
-            raise StartupError.broker_unreachable(
-                kafka.bootstrap_servers, kafka.startup_timeout_s, exc
-            ) from exc
+        self.producer = connect(
+            KafkaProducer,
+            kafka,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=kafka.linger_ms,
+            compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
+            max_request_size=max(1_048_576, 4 * kafka.max_message_bytes),
+            # Forecasts are ~2.5 KB each and come in bursts of a batch: big
+            # producer batches compress better and need far fewer requests.
+            batch_size=kafka.producer_batch_bytes,
+        )
         self._pending: list[Any] = []
 
     def send_forecasts(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:

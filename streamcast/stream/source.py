@@ -20,7 +20,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamcast.config import KafkaSettings
-from streamcast.errors import StartupError
+from streamcast.stream.clients import connect
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +63,17 @@ class KafkaSource:
         self.positions: dict[int, int] = {}
         self._unsettled: list[TopicPartition] = []
         self.paused = False
-        try:
-            self.consumer = KafkaConsumer(
-                **kafka.client_options(),
-                group_id=kafka.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset=kafka.auto_offset_reset,
-                session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-                max_poll_interval_ms=kafka.max_poll_interval_ms,
-                max_poll_records=kafka.max_poll_records,
-                bootstrap_timeout_ms=int(kafka.startup_timeout_s * 1000),
-            )
-        except KafkaError as exc:
-            raise StartupError.broker_unreachable(
-                kafka.bootstrap_servers, kafka.startup_timeout_s, exc
-            ) from exc
+        self.consumer = connect(
+            KafkaConsumer,
+            kafka,
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            max_poll_records=kafka.max_poll_records,
+        )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 
     # -- rebalance ---------------------------------------------------------------------------
