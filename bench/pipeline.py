@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
-from streamcast.learn.training import train
+from streamcast.learn.fit import train
 
 from streamcast.config import ModelSpec, TrainingSettings, load_settings
 from streamcast.learn.registry import ModelRegistry

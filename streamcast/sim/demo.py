@@ -257,6 +257,7 @@ def _watch(
     last_view = time.monotonic()
     last_counts = (0, 0)
     last_batches = (0.0, 0.0)
+    announced: int | None = None
     try:
         while not stop.is_set():
             if duration_s is not None and time.monotonic() - started >= duration_s:
@@ -284,6 +285,13 @@ def _watch(
                 n = batches[0] - last_batches[0]
                 avg_batch = (batches[1] - last_batches[1]) / n if n else 0.0
                 last_view, last_counts, last_batches = now, counts, batches
+                served = daemon.serving.served
+                if served is not None and served.version != announced:
+                    announced = served.version
+                    print(
+                        f"  model version {served.version} serving on {served.predictor.device}",
+                        flush=True,
+                    )
                 _print_view(view, daemon, now - started, rps, fps, avg_batch, _dl(metrics))
     finally:
         consumer.close()

@@ -70,7 +70,7 @@ def topics(broker: EmbeddedBroker) -> Iterator[Topics]:
 
 
 def train_registry(path: Path, spec: ModelSpec) -> Path:
-    from streamcast.learn.training import train
+    from streamcast.learn.fit import train
 
     fleet = SensorFleet(6, seed=3)
     _, values = fleet.series(96 * 6)
