@@ -31,9 +31,11 @@ SCHEMA_NAMES = ("reading", "forecast")
 # Header names of a dead letter; the reason is a short token dashboards can group by.
 HEADER_REASON = "streamcast.reason"
 HEADER_DETAIL = "streamcast.detail"
-HEADER_TOPIC = "streamcast.stream.source.topic"
-HEADER_PARTITION = "streamcast.stream.source.partition"
-HEADER_OFFSET = "streamcast.stream.source.offset"
+HEADER_TOPIC = "streamcast.source.topic"
+HEADER_PARTITION = "streamcast.source.partition"
+HEADER_OFFSET = "streamcast.source.offset"
+HEADER_TRUNCATED = "streamcast.truncated"  # original key and value sizes, when cut to fit
+_MAX_DETAIL = 1_024
 
 _NUMBER_TYPES = frozenset((int, float))  # exact types: bool is an int subclass and is refused
 _partition = attrgetter("partition")
@@ -81,11 +83,31 @@ class DeadLetter:
         """Kafka headers that say why and where from, so the record can be replayed later."""
         return [
             (HEADER_REASON, self.reason.encode()),
-            (HEADER_DETAIL, self.detail.encode()),
+            (HEADER_DETAIL, self.detail.encode()[:_MAX_DETAIL]),
             (HEADER_TOPIC, self.topic.encode()),
             (HEADER_PARTITION, str(self.partition).encode()),
             (HEADER_OFFSET, str(self.offset).encode()),
         ]
+
+    def record(self, max_bytes: int) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) that a producer always accepts.
+
+        A tombstone (no key, no value) gets an empty value, since a record needs one
+        of the two; a key and value larger than ``max_bytes`` together are cut to fit,
+        and a header keeps their original sizes. The source topic, partition and offset
+        in the headers still lead to the whole record.
+        """
+        key, value = self.key, self.value if self.value is not None else b""
+        headers = self.headers()
+        size = len(key or b"") + len(value)
+        if size > max_bytes:
+            headers.append(
+                (HEADER_TRUNCATED, f"key={len(key or b'')} value={len(self.value or b'')}".encode())
+            )
+            if key is not None and len(key) > max_bytes // 2:
+                key = key[: max_bytes // 2]
+            value = value[: max(0, max_bytes - len(key or b""))]
+        return key, value, headers
 
 
 def _empty_f64() -> npt.NDArray[np.float64]:
@@ -162,7 +184,7 @@ def _diagnose(
 ) -> tuple[str, str]:
     """Why a record failed the fast check: (reason, detail). Off the hot path."""
     if raw is None:
-        return "not_json", "record has no value (tombstone)"
+        return "tombstone", "record has no value (a tombstone)"
     if len(raw) > max_bytes:
         return "too_large", f"{len(raw)} bytes > max {max_bytes}"
     try:

@@ -28,6 +28,9 @@ class KafkaSink:
         self.forecast_topic = kafka.output_topic
         self.dlq_topic = kafka.dlq_topic
         self.delivery_timeout_s = kafka.delivery_timeout_s
+        max_request = max(1_048_576, 4 * kafka.max_message_bytes)
+        # Room for the record's framing and headers: a dead letter must always fit.
+        self.max_dead_letter_bytes = max_request - 64 * 1024
         self.producer = connect(
             KafkaProducer,
             kafka,
@@ -35,7 +38,7 @@ class KafkaSink:
             enable_idempotence=True,
             linger_ms=kafka.linger_ms,
             compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
-            max_request_size=max(1_048_576, 4 * kafka.max_message_bytes),
+            max_request_size=max_request,
             # Forecasts are ~2.5 KB each and come in bursts of a batch: big
             # producer batches compress better and need far fewer requests.
             batch_size=kafka.producer_batch_bytes,
@@ -48,10 +51,10 @@ class KafkaSink:
         self._pending.extend(send(topic, key=k, value=v) for k, v in zip(keys, values, strict=True))
 
     def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        send, topic, limit = self.producer.send, self.dlq_topic, self.max_dead_letter_bytes
         for dl in letters:
-            self._pending.append(
-                self.producer.send(self.dlq_topic, key=dl.key, value=dl.value, headers=dl.headers())
-            )
+            key, value, headers = dl.record(limit)
+            self._pending.append(send(topic, key=key, value=value, headers=headers))
 
     @property
     def pending(self) -> int:

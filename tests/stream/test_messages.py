@@ -60,7 +60,7 @@ def only_reason(value: bytes | None, key: bytes | None = b"pump-7", max_bytes: i
         (b"\xff\xfe", "not_json"),
         (b'{"sensor": "pump-7", "ts": 1, "values": [NaN, 1]}', "not_json"),
         (b"", "not_json"),
-        (None, "not_json"),
+        (None, "tombstone"),
         (b"[1, 2]", "not_object"),
         (b'"pump-7"', "not_object"),
         (js({"ts": 1, "values": [1, 2]}), "missing_field:sensor"),
@@ -110,9 +110,9 @@ def test_dead_letter_keeps_bytes_and_headers() -> None:
     headers = dict(d.headers())
     assert headers["streamcast.reason"] == b"wrong_type:ts"
     assert b"str" in headers["streamcast.detail"]
-    assert headers["streamcast.stream.source.topic"] == b"readings"
-    assert headers["streamcast.stream.source.partition"] == b"5"
-    assert headers["streamcast.stream.source.offset"] == b"42"
+    assert headers["streamcast.source.topic"] == b"readings"
+    assert headers["streamcast.source.partition"] == b"5"
+    assert headers["streamcast.source.offset"] == b"42"
     assert all(isinstance(v, bytes) for _, v in d.headers())
 
 
@@ -120,6 +120,26 @@ def test_dead_letter_from_record() -> None:
     r = rec(js(GOOD), offset=9)
     d = DeadLetter.of(r, "out_of_order", "older than 1764320400.0")
     assert d == DeadLetter(b"pump-7", js(GOOD), "out_of_order", d.detail, "readings", 3, 9)
+
+
+def test_a_tombstone_becomes_a_record_a_producer_accepts() -> None:
+    _, dead = decode_records([rec(None, key=None)], F, MAX)
+    key, value, headers = dead[0].record(1_000)
+    assert key is None and value == b""  # kafka-python refuses neither-key-nor-value
+    assert dict(headers)["streamcast.reason"] == b"tombstone"
+
+
+@pytest.mark.parametrize(("key_size", "value_size"), [(10, 2_000_000), (2_000_000, 10)])
+def test_an_oversize_dead_letter_is_cut_to_fit_and_says_so(key_size: int, value_size: int) -> None:
+    big = DeadLetter(b"k" * key_size, b"v" * value_size, "too_large", "d" * 5000, "t", 1, 2)
+    key, value, headers = big.record(1_000)
+    assert len(key or b"") + len(value) <= 1_000
+    found = dict(headers)
+    assert found["streamcast.truncated"] == f"key={key_size} value={value_size}".encode()
+    assert found["streamcast.source.offset"] == b"2"
+    assert len(found["streamcast.detail"]) <= 1_024
+    small = DeadLetter(b"k", b"v", "not_json", "d", "t", 1, 2)
+    assert small.record(1_000) == (b"k", b"v", small.headers())
 
 
 def test_valid_readings_among_malformed_stay_in_order() -> None:
