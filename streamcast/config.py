@@ -167,6 +167,11 @@ class WindowSettings(_Section):
     rebuild_records: int = Field(
         50_000, ge=0, description="records re-read per newly assigned partition to rebuild windows"
     )
+    max_future_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="readings stamped further ahead of the wall clock are dead-lettered",
+    )
 
 
 class InferenceSettings(_Section):

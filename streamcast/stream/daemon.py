@@ -198,16 +198,26 @@ class Daemon:
 
     def decode(self, records: Sequence[Any]) -> tuple[Readings, list[DeadLetter]]:
         return decode_records(
-            records, self.spec.num_features, self.settings.kafka.max_message_bytes
+            records,
+            self.spec.num_features,
+            self.settings.kafka.max_message_bytes,
+            max_ts=time.time() + self.settings.window.max_future_s,
         )
 
     def forecast(self, batch: Ready) -> None:
-        """Seed states, run the batch through the model, publish the forecasts."""
+        """Seed states, run the batch through the model, publish the forecasts.
+
+        A window the model cannot forecast (its inference fails, or its forecast is
+        not finite) is dead-lettered on its own; the rest of the batch is published.
+        """
         assert self.serving.served is not None
         started = time.perf_counter()
-        forecast = self.serving.infer(batch)
-        self.metrics.inference.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
+        batch, forecast, letters = self.serving.forecast(batch)
+        self.metrics.inference.observe(time.perf_counter() - started)
+        self.publish_dead_letters(letters)
+        if not len(batch):
+            return
         values = encode_forecasts(
             batch.sensors,
             batch.ts,

@@ -215,13 +215,18 @@ def _diagnose(
 
 
 def decode_records(
-    records: Sequence[RecordLike], num_features: int, max_bytes: int
+    records: Sequence[RecordLike],
+    num_features: int,
+    max_bytes: int,
+    max_ts: float = math.inf,
 ) -> tuple[Readings, list[DeadLetter]]:
     """Split polled records into valid readings (numpy columns) and dead letters.
 
     One combined check per record on the hot path; a record that fails it is
     examined again by ``_diagnose`` for the exact reason. Finiteness of the
-    values as float32 is checked vectorised at the end. Unknown fields are ignored.
+    values as float32, and ``ts`` not beyond ``max_ts`` (a clock far in the future
+    would otherwise make every later reading of its sensor look out of order), are
+    checked vectorised at the end. Unknown fields are ignored.
     """
     ok: list[tuple[int, str, Any, Any]] = []  # (index, sensor, ts, values) as parsed
     ok_records: list[RecordLike] = []
@@ -269,11 +274,14 @@ def decode_records(
     offsets = np.fromiter(map(_offset, ok_records), np.int64, count=n)
     log_ts = np.fromiter(map(_timestamp, ok_records), np.float64, count=n) / 1000.0
     finite = np.isfinite(values_arr).all(axis=1)
-    if not finite.all():
+    timely = ts_arr <= max_ts
+    if not (finite.all() and timely.all()):
         for j in np.flatnonzero(~finite).tolist():
             bad.append((kept[j], "not_finite", f"values {vals_t[j]!r} are not finite as float32"))
+        for j in np.flatnonzero(finite & ~timely).tolist():
+            bad.append((kept[j], "ts_in_future", f"ts {ts_t[j]!r} is after {max_ts!r}"))
         bad.sort()
-        keep = np.flatnonzero(finite)
+        keep = np.flatnonzero(finite & timely)
         sensors = [sensors[j] for j in keep.tolist()]
         index, ts_arr, values_arr = index[keep], ts_arr[keep], values_arr[keep]
         partitions, offsets, log_ts = partitions[keep], offsets[keep], log_ts[keep]

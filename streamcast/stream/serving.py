@@ -29,7 +29,7 @@ from streamcast.learn.history import History
 from streamcast.learn.job import TrainingJob
 from streamcast.learn.registry import ModelRegistry
 from streamcast.stream.batcher import Ready
-from streamcast.stream.messages import Readings
+from streamcast.stream.messages import DeadLetter, Readings, encode_reading
 from streamcast.stream.windows import WindowStore
 
 if TYPE_CHECKING:
@@ -134,6 +134,59 @@ class Serving:
         latest = self.registry.latest()
         if latest is not None and latest > max(self.served.version, self._rejected_version):
             self._swap_to(latest)
+
+    def forecast(self, batch: Ready) -> tuple[Ready, np.ndarray, list[DeadLetter]]:
+        """(windows forecast, their forecasts, dead letters of windows that could not be).
+
+        A window the model cannot forecast on its own (its inference fails, or its
+        forecast is not finite) is dead-lettered; the rest of the batch goes on. When
+        no window of a batch of several can be forecast, the failure is not tied to a
+        record (a broken model, an exhausted device) and is raised.
+        """
+        rows, forecast, failed = self._bisect(batch, np.arange(len(batch)))
+        if failed and not len(rows) and len(batch) > 1:
+            raise failed[0][1]
+        letters = [
+            self._unforecastable(batch, i, "inference_failed", f"{type(e).__name__}: {e}")
+            for i, e in failed
+        ]
+        finite = np.isfinite(forecast).all(axis=(1, 2))
+        for i in rows[~finite].tolist():
+            letters.append(self._unforecastable(batch, i, "non_finite_forecast", "not finite"))
+        rows, forecast = rows[finite], forecast[finite]
+        return batch.select(rows), forecast, letters
+
+    def _bisect(
+        self, batch: Ready, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Exception]]]:
+        """Forecast ``rows`` of ``batch``; a failing part is halved until the windows
+        that fail alone are found: (rows forecast, forecasts, [(row, error)])."""
+        try:
+            return rows, self.infer(batch.select(rows) if len(rows) < len(batch) else batch), []
+        except Exception as exc:
+            if len(rows) == 1:
+                none = np.empty((0, self.spec.horizon, self.spec.num_features), np.float32)
+                return rows[:0], none, [(int(rows[0]), exc)]
+            half = len(rows) // 2
+            left, right = self._bisect(batch, rows[:half]), self._bisect(batch, rows[half:])
+            return (
+                np.concatenate([left[0], right[0]]),
+                np.concatenate([left[1], right[1]]),
+                left[2] + right[2],
+            )
+
+    def _unforecastable(self, batch: Ready, i: int, reason: str, detail: str) -> DeadLetter:
+        """The dead letter of a window's last reading, re-encoded (its bytes are gone by now)."""
+        sensor = batch.sensors[i]
+        return DeadLetter(
+            sensor.encode(),
+            encode_reading(sensor, float(batch.ts[i]), batch.windows[i, -1]),
+            reason,
+            detail,
+            self.settings.kafka.input_topic,
+            int(batch.partitions[i]),
+            int(batch.offsets[i]),
+        )
 
     def infer(self, batch: Ready) -> np.ndarray:
         """Seed states, run the batch through the serving model: (n, horizon, features)."""
