@@ -19,9 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
-from streamcast.learn.fit import train
 
 from streamcast.config import ModelSpec, TrainingSettings, load_settings
+from streamcast.learn.fit import train
 from streamcast.learn.registry import ModelRegistry
 from streamcast.ops.metrics import Metrics
 from streamcast.sim.broker import EmbeddedBroker, create_topics

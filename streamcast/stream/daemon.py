@@ -364,7 +364,7 @@ class Daemon:
         out = []
         for i, reason in zip(appended.rejected.tolist(), appended.reasons, strict=True):
             record = records[int(readings.record_index[i])]
-            detail = f"ts {readings.ts[i]!r} is not newer than the sensor's last reading"
+            detail = f"ts {float(readings.ts[i])!r} is not newer than the sensor's last reading"
             out.append(DeadLetter.of(record, reason, detail))
         return out
 
