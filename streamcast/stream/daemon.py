@@ -325,11 +325,12 @@ class Daemon:
         self.batcher.drop_partitions(partitions)
         self.store.drop_partitions(partitions)
         self.offsets.forget(partitions)
-        self.health.partitions = max(0, self.health.partitions - len(partitions))
+        self.health.partitions = len(self.source.assigned_partitions() - partitions)
 
     def _on_assigned(self, partitions: set[int]) -> None:
+        """Partitions added to this member (rebalances are incremental: the rest stay)."""
         self.metrics.rebalances.inc()
-        self.health.partitions = len(partitions)
+        self.health.partitions = len(self.source.assigned_partitions())
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -73,6 +74,9 @@ class KafkaSource:
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             max_poll_records=kafka.max_poll_records,
+            # Incremental rebalancing (KIP-429): a rebalance revokes only the partitions
+            # that move, so the ones that stay keep their windows and queued work.
+            partition_assignment_strategy=(CooperativeStickyAssignor,),
         )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from streamcast.stream.cadence import on_stride
 from streamcast.stream.carry import CarriedStates
 from streamcast.stream.messages import Readings
 from streamcast.stream.slots import SensorSlots
@@ -55,7 +56,8 @@ class WindowStore:
     """The last ``num_steps`` readings (+ the truth before them) of up to ``capacity`` sensors.
 
     A window is ready when a sensor has at least ``num_steps + 1`` readings since
-    it (re)started and ``(count - (num_steps + 1)) % stride == 0``. Readings not
+    it (re)started and its newest reading falls on the stride (``on_stride``: the
+    cadence follows ``ts``, so restarts and rebalances do not move it). Readings not
     newer than the sensor's last one are rejected (``duplicate`` / ``out_of_order``);
     a gap longer than ``gap_factor`` x the step estimate restarts the window; a new
     sensor in a full store evicts the sensor touched least recently.
@@ -276,7 +278,7 @@ class WindowStore:
             if emit:
                 done = new_cnt >= length
                 if stride > 1:
-                    done &= (new_cnt - length) % stride == 0
+                    done &= on_stride(t, new_step, stride)
                 if done.any():
                     sr = s[done]
                     ready_parts.append(idx[done])

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamcast.stream.cadence import on_stride
 from streamcast.stream.messages import Readings
 from streamcast.stream.windows import Appended, WindowStore
 
@@ -71,7 +72,8 @@ def reference(
         s.rows = s.rows[-length:]
         s.count += 1
         s.last_ts = t
-        if s.count >= length and (s.count - length) % stride == 0:
+        on = stride == 1 or bool(on_stride(np.array([t]), np.array([s.step]), stride)[0])
+        if s.count >= length and on:
             ready.append((i, np.stack(s.rows[1:]), s.rows[0]))
     return ready, rejected, restarts
 
@@ -313,10 +315,10 @@ def test_memory_per_sensor_close_to_raw_window() -> None:
 def test_long_windows_gather_without_table() -> None:
     num_steps = 1_500  # longer than the gather table covers
     store = WindowStore(2, num_steps, F, stride=400)
-    n = 2 * (num_steps + 1 + 400)  # two windows per sensor: at 1,501 and 1,901 readings
-    batch = readings(["a", "b"] * (n // 2), [float(i // 2) + (i % 2) * 0.5 for i in range(n)])
+    n = 2 * 2_401  # windows on the stride's grid: at ts 1,600, 2,000 and 2,400
+    batch = readings(["a", "b"] * (n // 2), [float(i // 2) + (i % 2) * 0.25 for i in range(n)])
     out = store.append(batch)
-    assert len(out) == 4
+    assert sorted(out.ready.tolist()) == [3200, 3201, 4000, 4001, 4800, 4801]
     check_against_reference(out, batch, num_steps, stride=400)
 
 
@@ -359,3 +361,36 @@ def test_interleavings_match_per_sensor_reference(
     out = concat_appends(store, batch, [c for c in cuts if c <= len(batch)])
     check_against_reference(out, batch, 3, stride)
     assert out.evicted == 0
+
+
+def test_stride_cadence_follows_ts_across_a_restart() -> None:
+    """A store rebuilt from a later point forecasts the same readings as one that saw all."""
+    ts = [1_704_067_200.0 + 900.0 * i + (7.0 if i % 5 == 0 else 0.0) for i in range(700)]
+    batch = readings(["a"] * len(ts), ts)
+    whole = WindowStore(2, 96, F, stride=96).append(batch)
+    assert len(whole) >= 5
+    for start in (13, 150, 301):
+        later = WindowStore(2, 96, F, stride=96).append(batch.take(np.arange(start, len(ts))))
+        after = [i for i in whole.ready.tolist() if i >= start + 96]
+        assert (later.ready + start).tolist() == after
+    assert np.diff(whole.ready).tolist() == [96] * (len(whole) - 1)
+    # Midnight UTC, daily: 2024-01-01T00:00 + k days.
+    assert all((ts[i] - 7.0 * (i % 5 == 0)) % 86_400 == 0 for i in whole.ready.tolist())
+
+
+@pytest.mark.parametrize(
+    ("estimate", "grid"),
+    [
+        (899.83, 900.0),
+        (900.59, 900.0),
+        (59.2, 60.0),
+        (0.98, 1.0),
+        (1_234.0, 1_200.0),
+        (5_000.0, 5_000.0),
+        (137.0, 140.0),
+    ],
+)
+def test_the_grid_step_absorbs_the_estimates_drift(estimate: float, grid: float) -> None:
+    from streamcast.stream.cadence import grid_step
+
+    assert grid_step(np.array([estimate]))[0] == pytest.approx(grid)
