@@ -1,9 +1,9 @@
-"""The commands people type: demo, broker, simulate — run as real subprocesses."""
+"""The commands people type: demo, simulate — run as real subprocesses (``broker``, and
+stopping each of them, are in test_signals.py)."""
 
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 
@@ -11,7 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from streamcast.sim.broker import EmbeddedBroker, free_port, wait_for_port
+from streamcast.sim.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 
@@ -38,26 +38,6 @@ def test_demo_shows_forecasts_and_stops_by_itself() -> None:
     assert published > 0
     assert "next reading, MAE: model" in out
     assert re.search(r"whole 96-step horizon, MAE: model [\d.]+, persistence [\d.]+, seasonal", out)
-
-
-def test_broker_command_serves_until_interrupted() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        _streamcast("broker", "--port", str(port)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert wait_for_port("127.0.0.1", port, 20)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-        assert f"127.0.0.1:{port}" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def test_simulate_publishes_contract_readings_and_malformed_ones() -> None:

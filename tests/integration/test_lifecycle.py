@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,25 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _notify_lines(messages: list[str]) -> list[str]:
+    """sd_notify datagrams as their KEY=VALUE lines, in arrival order."""
+    return [line for m in list(messages) for line in m.split("\n")]
+
+
+def _watchdogs_after_ready(messages: list[str]) -> int:
+    lines = _notify_lines(messages)
+    return lines[lines.index("READY=1") :].count("WATCHDOG=1") if "READY=1" in lines else 0
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -75,20 +95,21 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
     proc = spawn_run(settings, log, systemd_env)
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 40, timeout=90)
     assert len(got) >= 40, log.read_text()[-3000:]
-    time.sleep(1.2)  # at least two watchdog intervals while forecasting
+    # Pinged at least twice while forecasting (every half WatchdogSec).
+    _wait_until(lambda: _watchdogs_after_ready(messages) >= 2, 30, "two watchdog pings")
     proc.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
     assert _wait_exit(proc, 30) == 0, log.read_text()[-3000:]
     assert time.monotonic() - stopped_at < settings.shutdown_timeout_s + 2
-    time.sleep(0.3)
+    # Sent before the exit, so already queued on the socket: the listener gets it next.
+    _wait_until(lambda: "STOPPING=1" in _notify_lines(messages), 5, "STOPPING=1")
     listening.clear()
     listener.join()
     notify.close()
     shutil.rmtree(notify_dir)
-    lines = [line for m in messages for line in m.split("\n")]
+    lines = _notify_lines(messages)
     assert "READY=1" in lines
-    assert lines.count("WATCHDOG=1") >= 2
-    assert lines.index("READY=1") < len(lines) - 1 - lines[::-1].index("WATCHDOG=1")
+    assert _watchdogs_after_ready(messages) >= 2
     assert "STOPPING=1" in lines
     assert any(line.startswith("STATUS=forecasting with model version 1") for line in lines)
 

@@ -4,7 +4,10 @@ and carried states flowing from one window of a sensor to its next."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,33 @@ from .conftest import (
 pytestmark = pytest.mark.integration
 
 
+def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _add_corrupt_version(registry: Path, scratch: Path) -> int:
+    """A new version whose checksum no longer matches its model file, appearing in the
+    registry in one rename as a real version does (never briefly valid)."""
+    v1 = ModelRegistry(registry).load(1)
+    staged = ModelRegistry(scratch)
+    staged_version = staged.save(v1.model, v1.cfg, metrics={}, data_range={})
+    version = (ModelRegistry(registry).latest() or 0) + 1
+    meta_path = staged.version_path(staged_version) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = version
+    meta["sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    tmp = registry / f".tmp-corrupt-{version}"
+    shutil.copytree(staged.version_path(staged_version), tmp)
+    os.rename(tmp, ModelRegistry(registry).version_path(version))
+    return version
+
+
 def _wait_version(daemon, version: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,7 +71,7 @@ def _wait_version(daemon, version: int, timeout: float = 60) -> None:
 
 
 def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
-    broker: EmbeddedBroker, topics: Topics, registry: Path, start_daemon
+    broker: EmbeddedBroker, topics: Topics, registry: Path, start_daemon, tmp_path: Path
 ) -> None:
     readings = fleet_readings(2, 97 + 30, seed=11)
     first, later = readings[: 2 * 100], readings[2 * 100 :]
@@ -50,17 +80,14 @@ def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     assert {d["model_version"] for d in forecasts_of(got)} == {1}
 
+    # Version 2 is corrupt (its checksum no longer matches): it must not be served.
+    serving = running.daemon.serving
+    bad = _add_corrupt_version(registry, tmp_path / "scratch")
+    _wait_until(lambda: serving._rejected_version == bad, 60, f"version {bad} to be rejected")
+    assert serving.served is not None and serving.served.version == 1
+
     reg = ModelRegistry(registry)
     v1 = reg.load(1)
-    # Version 2 is corrupt (its checksum no longer matches): it must not be served.
-    bad = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
-    meta_path = reg.version_path(bad) / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["sha256"] = "0" * 64
-    meta_path.write_text(json.dumps(meta))
-    time.sleep(6)  # longer than the daemon's registry check interval
-    assert running.daemon.serving.served is not None and running.daemon.serving.served.version == 1
-
     good = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
     _wait_version(running.daemon, good)
     produce_readings(broker, topics.readings, later)

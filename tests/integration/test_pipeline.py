@@ -3,11 +3,16 @@ seeding, dead letters."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.structs import TopicPartition
 
 from streamcast.learn.registry import ModelRegistry
 from streamcast.model.predictor import Predictor
@@ -31,6 +36,65 @@ SENSORS = 4
 STEPS = 96 + 1 + 40  # a full window + truth, then 40 more readings
 
 
+_MARK = b"test-end-marker"
+
+
+def _ends_of(broker: EmbeddedBroker, topic: str, count: int) -> dict[int, int]:
+    """Per partition, the offset after the last of the ``count`` records in ``topic``.
+
+    Read off the records themselves: the embedded broker's ListOffsets answer (end
+    offsets, the high watermark) counts a batch of records as one.
+    """
+    records = consume(broker, topic, until=lambda r: len(r) >= count)
+    assert len(records) == count
+    ends: dict[int, int] = {}
+    for rec in records:
+        ends[rec.partition] = max(ends.get(rec.partition, 0), rec.offset + 1)
+    return ends
+
+
+def _wait_all_read(broker: EmbeddedBroker, topics: Topics, count: int, timeout: float = 60) -> None:
+    """Until the daemon's group has committed all ``count`` readings of the input topic.
+
+    Offsets are committed only after the broker acknowledged every forecast and dead
+    letter derived from the readings below them, so from then on (with no new input)
+    the output topics hold all they will ever hold.
+    """
+    ends = _ends_of(broker, topics.readings, count)
+    wanted = [TopicPartition(topics.readings, p) for p in ends]
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = admin.list_group_offsets({topics.group: wanted})[topics.group]
+            committed = {tp.partition: meta.offset for tp, meta in found.items()}
+            if all(committed.get(p, -1) >= end for p, end in ends.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group committed {committed}; the readings end at {ends}")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+
+
+def _consume_final(broker: EmbeddedBroker, topic: str) -> list[Any]:
+    """Every record of a topic nothing writes to any more (see ``_wait_all_read``): a
+    marker is appended to each partition, and everything before the markers is read."""
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    try:
+        partitions = producer.partitions_for(topic)
+        for p in partitions:
+            producer.send(topic, key=_MARK, value=_MARK, partition=p)
+        producer.flush()
+    finally:
+        producer.close()
+    records = consume(
+        broker, topic, until=lambda r: {x.partition for x in r if x.key == _MARK} >= partitions
+    )
+    assert {x.partition for x in records if x.key == _MARK} == partitions
+    return [x for x in records if x.key != _MARK]
+
+
 def _by_sensor(
     readings: list[tuple[str, float, np.ndarray]],
 ) -> dict[str, list[tuple[float, np.ndarray]]]:
@@ -48,9 +112,11 @@ def test_stride_1_forecasts_every_reading_with_a_full_window(
     daemon = start_daemon(settings_for(broker, topics, registry))
     per_sensor_expected = STEPS - (SPEC.num_steps + 1) + 1
     want = SENSORS * per_sensor_expected
-    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= want)
+    _wait_all_read(broker, topics, len(readings))  # no forecast is still on its way
+    records = _consume_final(broker, topics.forecasts)
     assert daemon.stop() == 0
     docs = forecasts_of(records)
+    assert len(docs) == want
     counts = Counter(d["sensor"] for d in docs)
     assert counts == {s: per_sensor_expected for s in _by_sensor(readings)}
 
@@ -79,13 +145,13 @@ def test_stride_96_forecasts_once_per_new_window(
     readings = fleet_readings(2, steps, seed=2)
     produce_readings(broker, topics.readings, readings)
     daemon = start_daemon(settings_for(broker, topics, registry, window={"stride": 96}))
-    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 6, timeout=40)
-    # Give the daemon a moment to (wrongly) publish more before counting.
-    extra = consume(broker, topics.forecasts, until=lambda r: False, timeout=2)
+    # Every reading committed, so every forecast published: count them exactly.
+    _wait_all_read(broker, topics, len(readings))
+    docs = forecasts_of(_consume_final(broker, topics.forecasts))
     assert daemon.stop() == 0
-    counts = Counter(d["sensor"] for d in forecasts_of(extra or records))
+    counts = Counter(d["sensor"] for d in docs)
     assert counts == {"sensor-000": 3, "sensor-001": 3}
-    ts = sorted(d["ts"] for d in forecasts_of(extra) if d["sensor"] == "sensor-000")
+    ts = sorted(d["ts"] for d in docs if d["sensor"] == "sensor-000")
     assert np.diff(ts).tolist() == [96 * STEP_S, 96 * STEP_S]
 
 
@@ -150,8 +216,10 @@ def test_malformed_readings_go_to_the_dead_letter_topic_and_valid_ones_all_get_f
     # One partition only for this test: order across malformed and valid is then total.
     daemon = start_daemon(settings_for(broker, topics, registry))
     want_dl = len(MALFORMED) + 2
-    letters = consume(broker, topics.dlq, until=lambda r: len(r) >= want_dl)
-    forecasts = consume(broker, topics.forecasts, until=lambda r: len(r) >= 21)
+    _wait_all_read(broker, topics, len(items))  # every dead letter and forecast acknowledged
+    letters = _consume_final(broker, topics.dlq)
+    forecasts = _consume_final(broker, topics.forecasts)
+    assert len(letters) == want_dl
     metrics = daemon.daemon.metrics
     assert daemon.stop() == 0
 
@@ -162,8 +230,8 @@ def test_malformed_readings_go_to_the_dead_letter_topic_and_valid_ones_all_get_f
     originals = {bytes(v) for _, v, _ in MALFORMED}
     for rec in letters:
         headers = dict(rec.headers)
-        assert headers["streamcast.stream.source.topic"].decode() == topics.readings
-        assert int(headers["streamcast.stream.source.offset"]) >= 0
+        assert headers["streamcast.source.topic"].decode() == topics.readings
+        assert int(headers["streamcast.source.offset"]) >= 0
         assert headers["streamcast.detail"]
         if headers["streamcast.reason"] not in (b"duplicate", b"out_of_order"):
             assert rec.value in originals  # the bytes, unchanged

@@ -23,9 +23,12 @@ from streamcast.model import (
 )
 from streamcast.model.predictor import Predictor
 
-from .conftest import MODES, NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
+from .conftest import NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
 
 ATOL = 1e-5
+# Zeros mode is left out: its twin starts from zero states, as the model itself does, so
+# the comparison could not tell a wrong seed from a right one.
+SEEDED_MODES: list[Seeding] = ["truth", "carry"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -51,7 +54,7 @@ def numpy_lstm(
 
 
 @pytest.mark.parametrize("units", UNIT_STACKS, ids=lambda u: "x".join(map(str, u)))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SEEDED_MODES)
 def test_fast_path_matches_stateful_twin(
     units: tuple[int, ...], mode: Seeding, rng: np.random.Generator
 ) -> None:
@@ -70,8 +73,6 @@ def test_fast_path_matches_stateful_twin(
     else:
         fast = predictor.predict(window, truth)
         states = seed_states(model, window, truth)
-        if mode == "zeros":
-            assert not np.any(flatten_states(states))
 
     twin = build_stateful_twin(model, cfg, n)
     assign_states(twin, states)
@@ -228,10 +229,23 @@ def test_model_trains_on_seasonal_data(rng: np.random.Generator) -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_seed_shapes_match_the_stack(rng: np.random.Generator) -> None:
+def test_seeds_are_the_seeder_applied_to_the_truth_on_the_window_scale(
+    rng: np.random.Generator,
+) -> None:
+    """h = tanh(Dense(z)), c = Dense(z) per layer, z the truth standardised by the window's
+    own mean and std and clipped at 10 std (one wild reading saturates, never explodes)."""
     cfg = make_cfg((8, 16, 32), "truth")
     model = build_forecaster(cfg)
     window, truth = split(seasonal(3, NUM_STEPS + 1, rng))
+    truth[2] = window[2].mean(axis=0) + 1e3 * window[2].std(axis=0)  # far out: clipped
     seeds = seed_states(model, window, truth)
     assert [(h.shape, c.shape) for h, c in seeds] == state_shapes(cfg, 3)
-    assert all(np.all(np.abs(h) < 1) for h, _ in seeds)  # h is a tanh output, like an LSTM's
+
+    mean, std = window.mean(axis=1), window.std(axis=1)  # far above the floor here
+    z = np.clip((truth - mean) / std, -10.0, 10.0)
+    assert np.all(z[2] == 10.0)
+    for k, (h, c) in enumerate(seeds):
+        h_kernel, h_bias = model.get_layer(f"seeder_h_{k}").get_weights()
+        c_kernel, c_bias = model.get_layer(f"seeder_c_{k}").get_weights()
+        np.testing.assert_allclose(h, np.tanh(z @ h_kernel + h_bias), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(c, z @ c_kernel + c_bias, rtol=1e-5, atol=1e-5)
