@@ -177,6 +177,8 @@ def run_demo(
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 2000,
             },
+            # Simulated time outruns the clock (ten steps a second at the defaults).
+            window={"max_future_s": 10 * 365 * 86_400},
             # ~100 examples per sensor: the published history holds enough for that.
             training={
                 "bootstrap_windows": max(100, min(2_000, 100 * sensors)),

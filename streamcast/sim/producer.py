@@ -15,6 +15,8 @@ from streamcast.stream.messages import encode_reading
 
 logger = logging.getLogger(__name__)
 
+_YEAR_STEPS = 365 * 96  # 15-minute steps in a year
+
 # Malformed payloads injected on request; each maps to one dead-letter reason.
 _MALFORMED: tuple[bytes, ...] = (
     b"not json at all",
@@ -44,8 +46,11 @@ class FleetProducer:
 
     def __post_init__(self) -> None:
         # Simulated time: the backfilled history ends about now, then runs accelerated.
+        # Simulated time runs thousands of times faster than the wall clock once the
+        # history is sent: start a year back, so the readings stay in the past (a daemon
+        # dead-letters readings stamped ahead of its clock) for a long run.
         step_s = 900.0
-        start = (time.time() // step_s - self.history_steps) * step_s
+        start = (time.time() // step_s - self.history_steps - _YEAR_STEPS) * step_s
         self.fleet = SensorFleet(self.sensors, seed=self.seed, step_s=step_s, start_ts=start)
         self._keys = [s.encode() for s in self.fleet.sensor_ids]
         self._rng = np.random.default_rng(self.seed + 1)

@@ -79,7 +79,7 @@ class Daemon:
         )
         self._unacked_log_ts: list[np.ndarray] = []
         self._ready_sent = False
-        self._dead_letter_log = RateLimited(60.0)
+        self._floods = RateLimited(60.0)  # dead letters by reason, failed commits
         #: Called at the top of every loop iteration; tests use it to stall the loop.
         self.loop_hook: Callable[[], None] | None = None
         self._resources = contextlib.ExitStack()
@@ -239,7 +239,7 @@ class Daemon:
             self.metrics.dead_letters.labels(dl.reason).inc()
             # Bad input is data, not an incident: one warning per reason per minute,
             # with its context; every one is counted in the metrics.
-            if self._dead_letter_log.due(dl.reason):
+            if self._floods.due(dl.reason):
                 logger.warning(
                     "dead letter (further ones with this reason are counted, not logged, "
                     "for a minute): %s",
@@ -277,9 +277,12 @@ class Daemon:
             self.offsets.dirty = False
         except Exception as exc:  # a rebalance in progress; the next commit covers it
             self.metrics.commits.labels("failed").inc()
-            logger.warning(
-                "commit failed: %s", exc, extra={"ctx": {**self._ctx(), "offsets": offsets}}
-            )
+            if self._floods.due(f"commit:{type(exc).__name__}"):
+                logger.warning(
+                    "commit failed (the next one covers it; counted, logged once a minute): %s",
+                    exc,
+                    extra={"ctx": {**self._ctx(), "offsets": offsets}},
+                )
 
     def maintain(self) -> None:
         """The model's lifecycle, then readiness."""
