@@ -197,7 +197,9 @@ class RegistrySettings(_Section):
 
 
 class HttpSettings(_Section):
-    host: str = "0.0.0.0"
+    # Loopback unless configured: /metrics and the probes are unauthenticated. The
+    # deploy/ configs set 0.0.0.0 where Prometheus or the kubelet scrape from outside.
+    host: str = Field("127.0.0.1", description="address /metrics, /healthz, /readyz bind to")
     port: int = Field(9464, ge=0, le=65_535)
     enabled: bool = True
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="/healthz fails past this")

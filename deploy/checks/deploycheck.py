@@ -34,6 +34,7 @@ STREAMCAST_METRICS = {
     "streamcast_dead_letters_total",
     "streamcast_sensors",
     "streamcast_sensors_evicted_total",
+    "streamcast_window_capacity",
     "streamcast_window_restarts_total",
     "streamcast_forecasts_total",
     "streamcast_batch_size",

@@ -4,6 +4,12 @@ A version directory appears in one ``os.rename`` of a finished temporary directo
 reader never sees half a model; two writers racing for the same number both succeed, the
 loser simply takes the next number. Versions are immutable once they appear. ``latest()`` is
 a single directory listing because the daemon polls it to hot-swap models.
+
+A version copied in by hand (``cp -r``, ``rsync``) is not atomic: its directory appears
+before its files. ``load`` names what is wrong (no meta.json yet, a truncated model.keras,
+a checksum that does not match) and raises ``IncompleteVersionError`` while a file is still
+missing; ``fingerprint`` (two ``stat`` calls) tells a poller when the files changed, so a
+rejected version is tried again once its copy finished.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +44,19 @@ _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 3600.0
 _CHECKED_FIELDS = ("num_steps", "num_features", "horizon")
+_KERAS_CONFIG = "config.json"  # every Keras 3 ``.keras`` archive holds one
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+#: (file name, size in bytes, mtime in ns) of each of a version's files that exists.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class IncompleteVersionError(RegistryError):
+    """A version directory without its meta.json or model.keras (yet): a copy in progress?
+
+    Writers of this package never leave one (they rename a finished directory into
+    place); a hand copy does until it finishes, so a poller may wait for it.
+    """
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,10 @@ class ModelRegistry:
         return self.path / f"v{version:06d}"
 
     def versions(self) -> list[int]:
-        """Every complete version, ascending; one directory listing, no file reads."""
+        """Every version directory, ascending; one directory listing, no file reads.
+
+        A version copied in by hand may still be incomplete; ``load`` says so.
+        """
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
@@ -135,17 +158,49 @@ class ModelRegistry:
         logger.info("saved model version=%d path=%s", version, self.version_path(version))
         return version
 
+    def fingerprint(self, version: int) -> Fingerprint:
+        """Name, size and mtime of the version's meta.json and model.keras (those present).
+
+        Two ``stat`` calls, no reads: a poller that rejected a version compares this to
+        decide whether the files changed since, and so whether to try again.
+        """
+        vdir = self.version_path(version)
+        out = []
+        for name in (META_FILE, MODEL_FILE):
+            try:
+                st = os.stat(vdir / name)
+            except OSError:
+                continue
+            out.append((name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
     def meta(self, version: int) -> dict[str, Any]:
         """A version's meta.json (cheap: no model load)."""
-        path = self.version_path(version) / META_FILE
+        vdir = self.version_path(version)
+        path = vdir / META_FILE
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
-            raise RegistryError(f"no model version {version} in {self.path}") from None
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"cannot read {path}: {exc}") from exc
+            if not vdir.is_dir():
+                raise RegistryError(f"no model version {version} in {self.path}") from None
+            raise IncompleteVersionError(
+                f"model version {version} has no {META_FILE} (copy incomplete?): {vdir}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"model version {version}: cannot read {path}: {exc}") from exc
+        if not text.strip():
+            raise IncompleteVersionError(
+                f"model version {version}: {path} is empty (copy incomplete?)"
+            )
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RegistryError(
+                f"model version {version}: {path} is not valid JSON ({exc}); "
+                "truncated, or not written by streamcast?"
+            ) from exc
         if not isinstance(data, dict):
-            raise RegistryError(f"{path} does not hold a JSON object")
+            raise RegistryError(f"model version {version}: {path} does not hold a JSON object")
         return data
 
     def load(self, version: int | None = None, expect: ModelSpec | None = None) -> LoadedModel:
@@ -153,6 +208,12 @@ class ModelRegistry:
 
         The shape check runs before the model is deserialised, so a daemon configured for a
         different window or feature count gets a clear error instead of a broken forecast.
+        Nothing is deserialised unless model.keras is a complete Keras archive whose sha256
+        is the one meta.json records, and then only with Keras' ``safe_mode``.
+
+        Raises ``IncompleteVersionError`` (a RegistryError) while meta.json or model.keras
+        is missing, RegistryError naming the cause for any other defect, and
+        ModelMismatchError when the shape differs from ``expect``.
         """
         if version is None:
             version = self.latest()
@@ -163,7 +224,9 @@ class ModelRegistry:
         try:
             cfg = ModelSpec(**meta["model_config"])
         except (KeyError, TypeError, ValidationError) as exc:
-            raise RegistryError(f"{vdir / META_FILE}: bad model_config: {exc}") from exc
+            raise RegistryError(
+                f"model version {version}: {vdir / META_FILE}: bad model_config: {exc}"
+            ) from exc
         if expect is not None:
             for name in _CHECKED_FIELDS:
                 stored, wanted = getattr(cfg, name), getattr(expect, name)
@@ -173,19 +236,30 @@ class ModelRegistry:
                         f"expects {name}={wanted}"
                     )
         model_file = vdir / MODEL_FILE
+        expected = meta.get("sha256")
+        if not isinstance(expected, str) or not _SHA256_RE.match(expected):
+            raise RegistryError(
+                f"model version {version}: {vdir / META_FILE} records no valid sha256 "
+                f"(got {expected!r}); an unverified model is never loaded"
+            )
+        _check_archive(model_file, version)
         try:
             digest = _sha256(model_file)
         except OSError as exc:
-            raise RegistryError(f"cannot read {model_file}: {exc}") from exc
-        if digest != meta.get("sha256"):
             raise RegistryError(
-                f"checksum mismatch for {model_file}: sha256 {digest}, "
-                f"meta.json records {meta.get('sha256')}"
+                f"model version {version}: cannot read {model_file}: {exc}"
+            ) from exc
+        if digest != expected:
+            raise RegistryError(
+                f"model version {version}: checksum mismatch for {model_file}: sha256 {digest}, "
+                f"meta.json records {expected} (file changed or replaced after it was saved)"
             )
         try:
             model = _load_keras(model_file)
         except Exception as exc:
-            raise RegistryError(f"cannot load {model_file}: {exc}") from exc
+            raise RegistryError(
+                f"model version {version}: cannot load {model_file}: {exc}"
+            ) from exc
         logger.info("loaded model version=%d path=%s", version, vdir)
         return LoadedModel(model=model, cfg=cfg, meta=meta, version=version, path=vdir)
 
@@ -199,6 +273,40 @@ class ModelRegistry:
                         shutil.rmtree(entry.path, ignore_errors=True)
                 except OSError:
                     continue
+
+
+def _check_archive(path: Path, version: int) -> None:
+    """Refuse a model.keras that is missing, truncated or not a Keras archive, by its zip
+    directory alone (cheap, and before anything is deserialised)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise IncompleteVersionError(
+            f"model version {version} has no {MODEL_FILE} (copy incomplete?): {path.parent}"
+        ) from None
+    except OSError as exc:
+        raise RegistryError(f"model version {version}: cannot read {path}: {exc}") from exc
+    if size == 0:
+        raise RegistryError(f"model version {version}: {path} is empty (truncated copy?)")
+    # A .keras file is a zip archive; its directory sits at the end, so a file cut short
+    # (a copy still running, a full disk) has none.
+    try:
+        if not zipfile.is_zipfile(path):
+            raise RegistryError(
+                f"model version {version}: {path} ({size} bytes) is not a Keras archive: "
+                "no zip directory at its end (truncated, or a copy still running?)"
+            )
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise RegistryError(
+            f"model version {version}: {path} is not a readable Keras archive ({exc}); truncated?"
+        ) from exc
+    if _KERAS_CONFIG not in names:
+        raise RegistryError(
+            f"model version {version}: {path} is a zip archive but not a Keras one "
+            f"(no {_KERAS_CONFIG} inside)"
+        )
 
 
 def _load_keras(path: Path) -> Any:

@@ -81,6 +81,12 @@ class Metrics:
             "Sensors evicted because the window store was full.",
             registry=r,
         )
+        self.window_capacity = Gauge(
+            "streamcast_window_capacity",
+            "Sensors the window store can track (window.capacity); a new sensor beyond it "
+            "evicts the idlest.",
+            registry=r,
+        )
         self.restarts = Counter(
             "streamcast_window_restarts",
             "Sensor windows restarted after a gap in the readings.",

@@ -67,6 +67,7 @@ class Daemon:
             gap_factor=settings.window.gap_factor,
             state_width=self.spec.state_width if self.spec.seeding == "carry" else 0,
         )
+        self.metrics.window_capacity.set(self.store.capacity)
         self.batcher = Batcher(settings.inference.max_batch, settings.inference.max_wait_ms / 1000)
         self.offsets = Offsets()
         self.serving = Serving(

@@ -3,8 +3,10 @@
 With a model in the registry the daemon serves its newest version and checks
 the registry every few seconds for a newer one, which is loaded, compiled and
 warmed, then swapped in between batches; a bad new version is logged and
-skipped. With an empty registry it gathers history from the stream and trains
-version 1 in a spawned process while the loop keeps polling.
+skipped until its files change (a hand copy that finished), and one whose
+files are still missing is waited for quietly (``INCOMPLETE_GRACE_S``). With
+an empty registry it gathers history from the stream and trains version 1 in
+a spawned process while the loop keeps polling.
 
 TensorFlow is imported here only when a model is loaded, through
 ``streamcast.model``.
@@ -27,7 +29,7 @@ from streamcast.errors import ModelMismatchError, RegistryError, StartupError
 from streamcast.learn.examples import split_sizes
 from streamcast.learn.history import History
 from streamcast.learn.job import TrainingJob
-from streamcast.learn.registry import ModelRegistry
+from streamcast.learn.registry import Fingerprint, IncompleteVersionError, ModelRegistry
 from streamcast.stream.batcher import Ready
 from streamcast.stream.messages import DeadLetter, Readings, encode_reading
 from streamcast.stream.windows import WindowStore
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REGISTRY_CHECK_S = 5.0
+# A version directory without its meta.json / model.keras (a cp -r or rsync in progress)
+# is waited for this long without progress before it is rejected as an error.
+INCOMPLETE_GRACE_S = 120.0
 _BOOTSTRAP_MAX_SENSORS = 2_000  # bounds the history kept to train the first model
 
 
@@ -78,7 +83,13 @@ class Serving:
         self._resume_input = resume_input
         self._status = status
         self._next_check = 0.0
-        self._rejected_version = 0
+        self._rejected_version = 0  # the newest version rejected so far (0: none)
+        # version -> its files' fingerprint when rejected: tried again once they change
+        self._rejected: dict[int, Fingerprint] = {}
+        # version -> (fingerprint, since): incomplete, waited for while its files change
+        self._incomplete: dict[int, tuple[Fingerprint, float]] = {}
+        #: Monotonic seconds; tests replace it to step through the registry checks.
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def gathering(self) -> bool:
@@ -93,10 +104,16 @@ class Serving:
 
     def start(self) -> None:
         """Serve the newest version, or start gathering history for the first one."""
-        latest = self.registry.latest()
-        if latest is not None:
+        versions = self.registry.versions()
+        for version in reversed(versions):
             try:
-                self.load(latest)
+                self.load(version)
+            except IncompleteVersionError as exc:
+                if version == versions[0]:
+                    raise StartupError(str(exc)) from exc
+                # A copy in progress: serve the newest whole version; the check swaps later.
+                logger.warning("model version %d skipped at start-up: %s", version, exc)
+                continue
             except (RegistryError, ModelMismatchError) as exc:
                 raise StartupError(str(exc)) from exc
             return
@@ -127,13 +144,11 @@ class Serving:
         if self.served is None:
             self._bootstrap()
             return
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_check:
             return
         self._next_check = now + REGISTRY_CHECK_S
-        latest = self.registry.latest()
-        if latest is not None and latest > max(self.served.version, self._rejected_version):
-            self._swap_to(latest)
+        self._check_registry(now)
 
     def forecast(self, batch: Ready) -> tuple[Ready, np.ndarray, list[DeadLetter]]:
         """(windows forecast, their forecasts, dead letters of windows that could not be).
@@ -266,19 +281,78 @@ class Serving:
             predictor.device,
         )
 
-    def _swap_to(self, version: int) -> None:
-        """Hot swap; a bad new version is logged and skipped, the current one keeps serving."""
+    def _check_registry(self, now: float) -> None:
+        """Swap in the newest version above the served one that can be tried now.
+
+        Skipped: versions rejected whose files have not changed since (a fingerprint of
+        names, sizes and mtimes), and versions still missing files within the grace
+        period, in favour of the next older one. At most one model load per check.
+        """
+        assert self.served is not None
+        served = self.served.version
+        newer = [v for v in self.registry.versions() if v > served]
+        for version in reversed(newer):
+            fingerprint = self.registry.fingerprint(version)
+            if self._rejected.get(version) == fingerprint:
+                continue
+            if version in self._rejected:
+                logger.info("model version %d changed since it was rejected: trying again", version)
+                del self._rejected[version]
+            if self._swap_to(version, fingerprint, now):
+                break
+        done = self.served.version
+        for table in (self._rejected, self._incomplete):
+            for version in [v for v in table if v <= done]:
+                del table[version]
+
+    def _swap_to(
+        self, version: int, fingerprint: Fingerprint | None = None, now: float | None = None
+    ) -> bool:
+        """Hot swap; a bad new version is logged and skipped, the current one keeps serving.
+
+        False only while the version waits for its missing files (within the grace
+        period, which restarts whenever its files change); True once it was tried.
+        """
+        if fingerprint is None:
+            fingerprint = self.registry.fingerprint(version)
+        now = self.clock() if now is None else now
         try:
             self.load(version)
+        except IncompleteVersionError as exc:
+            seen, since = self._incomplete.get(version, (None, now))
+            if seen != fingerprint:
+                since = now  # files arrived or changed: the copy is making progress
+            if now - since < INCOMPLETE_GRACE_S:
+                if version not in self._incomplete:
+                    logger.info(
+                        "model version %d is not complete yet, waiting up to %.0fs for its "
+                        "files: %s",
+                        version,
+                        INCOMPLETE_GRACE_S,
+                        exc,
+                        extra={"ctx": {"model_version": version}},
+                    )
+                self._incomplete[version] = (fingerprint, since)
+                return False
+            self._incomplete.pop(version, None)
+            self._reject(version, fingerprint, exc)
         except (RegistryError, ModelMismatchError) as exc:
-            self._rejected_version = version
-            logger.error(
-                "model version %d rejected, still serving version %s: %s",
-                version,
-                self.version,
-                exc,
-                extra={"ctx": {"model_version": version}},
-            )
+            self._incomplete.pop(version, None)
+            self._reject(version, fingerprint, exc)
+        return True
+
+    def _reject(self, version: int, fingerprint: Fingerprint, exc: Exception) -> None:
+        """Log a bad version once; it is tried again when its files change."""
+        self._rejected[version] = fingerprint
+        self._rejected_version = max(self._rejected_version, version)
+        logger.error(
+            "model version %d rejected, still serving version %s (tried again if its files "
+            "change): %s",
+            version,
+            self.version,
+            exc,
+            extra={"ctx": {"model_version": version}},
+        )
 
     # -- the first model -----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamcast.stream.cadence import on_stride
+from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.carry import CarriedStates
 from streamcast.stream.messages import Readings
 from streamcast.stream.slots import SensorSlots
@@ -106,6 +107,10 @@ class WindowStore:
             self._window_cols = (cols % length).astype(np.int32)
         self.evicted_total = 0
         self.restarts_total = 0
+        shared = self._after_oldest.nbytes + (
+            0 if self._window_cols is None else self._window_cols.nbytes
+        )
+        self.eviction_warnings = EvictionWarnings(capacity, (self.nbytes - shared) // capacity)
 
     # -- introspection -------------------------------------------------------------------
 
@@ -188,6 +193,7 @@ class WindowStore:
         self.evicted_total += len(victims)
         if victims:
             logger.debug("evicted idle sensors count=%d", len(victims))
+            self.eviction_warnings.record(len(victims))
         return len(victims)
 
     def _claim(self, name: str) -> int:

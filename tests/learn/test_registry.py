@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 import streamcast
 from streamcast.config import ModelSpec
 from streamcast.errors import ModelMismatchError, RegistryError
-from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
+from streamcast.learn import registry as registry_module
+from streamcast.learn.registry import META_FILE, MODEL_FILE, IncompleteVersionError, ModelRegistry
 from streamcast.model import build_forecaster
 
 CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
@@ -151,3 +153,162 @@ def test_corrupt_meta_is_a_registry_error(tmp_path: Path, model: keras.Model) ->
     (reg.version_path(version) / META_FILE).write_text("{not json")
     with pytest.raises(RegistryError, match=META_FILE):
         reg.load(version)
+
+
+# -- each defect of a version is named ---------------------------------------------------
+
+
+def _never_deserialise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the registry tries to deserialise a model."""
+
+    def refuse(path: Path) -> None:
+        raise AssertionError(f"deserialised {path}")
+
+    monkeypatch.setattr(registry_module, "_load_keras", refuse)
+
+
+@pytest.fixture
+def saved(tmp_path: Path, model: keras.Model) -> tuple[ModelRegistry, Path]:
+    """A registry holding one good version (1); returns it and the version's directory."""
+    reg = ModelRegistry(tmp_path / "reg")
+    version = reg.save(model, CFG)
+    return reg, reg.version_path(version)
+
+
+def test_version_without_meta_json_says_the_copy_is_incomplete(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    (vdir / META_FILE).unlink()
+    with pytest.raises(IncompleteVersionError) as info:
+        reg.load(1)
+    assert "version 1 has no meta.json (copy incomplete?)" in str(info.value)
+    # An empty directory (the first moment of a `cp -r`) says the same.
+    (vdir / MODEL_FILE).unlink()
+    with pytest.raises(IncompleteVersionError, match=r"version 1 has no meta\.json"):
+        reg.load(1)
+    # ... and an empty meta.json (created, not yet written).
+    (vdir / META_FILE).write_text("")
+    with pytest.raises(IncompleteVersionError, match=r"meta\.json is empty \(copy incomplete"):
+        reg.load(1)
+
+
+def test_missing_version_is_not_called_incomplete(saved: tuple[ModelRegistry, Path]) -> None:
+    reg, _ = saved
+    with pytest.raises(RegistryError, match="no model version 7") as info:
+        reg.load(7)
+    assert not isinstance(info.value, IncompleteVersionError)
+
+
+def test_meta_json_that_is_not_json_is_named(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    (vdir / META_FILE).write_text('{"version": 1, "model_con')
+    with pytest.raises(RegistryError) as info:
+        reg.load(1)
+    assert not isinstance(info.value, IncompleteVersionError)
+    message = str(info.value)
+    assert "model version 1" in message
+    assert str(vdir / META_FILE) in message
+    assert "is not valid JSON" in message
+    (vdir / META_FILE).write_text("[1, 2]")
+    with pytest.raises(RegistryError, match="does not hold a JSON object"):
+        reg.load(1)
+
+
+def test_version_without_model_keras_says_the_copy_is_incomplete(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    (vdir / MODEL_FILE).unlink()
+    with pytest.raises(IncompleteVersionError) as info:
+        reg.load(1)
+    assert "version 1 has no model.keras (copy incomplete?)" in str(info.value)
+
+
+def test_truncated_model_keras_is_named(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    path = vdir / MODEL_FILE
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 1, 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(RegistryError) as info:
+            reg.load(1)
+        assert not isinstance(info.value, IncompleteVersionError)
+        message = str(info.value)
+        assert "is not a Keras archive" in message
+        assert "truncated" in message
+        assert f"({cut} bytes)" in message
+        assert str(path) in message
+    path.write_bytes(b"")
+    with pytest.raises(RegistryError, match=r"is empty \(truncated copy\?\)"):
+        reg.load(1)
+
+
+def test_zip_that_is_not_a_keras_archive_is_named(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    path = vdir / MODEL_FILE
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    with pytest.raises(RegistryError, match=r"zip archive but not a Keras one \(no config\.json"):
+        reg.load(1)
+    path.write_bytes(b"PK\x03\x04 but no more of a zip than that" * 10)
+    with pytest.raises(RegistryError, match="is not a Keras archive"):
+        reg.load(1)
+
+
+def test_checksum_mismatch_is_named_and_refused_before_loading(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    meta = json.loads((vdir / META_FILE).read_text())
+    meta["sha256"] = "0" * 64
+    (vdir / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(RegistryError) as info:
+        reg.load(1)
+    message = str(info.value)
+    assert "model version 1: checksum mismatch" in message
+    assert str(vdir / MODEL_FILE) in message
+    assert "meta.json records " + "0" * 64 in message
+
+
+@pytest.mark.parametrize("recorded", [None, "", "not-a-digest", 12])
+def test_version_without_a_recorded_checksum_is_refused(
+    saved: tuple[ModelRegistry, Path], monkeypatch: pytest.MonkeyPatch, recorded: object
+) -> None:
+    reg, vdir = saved
+    _never_deserialise(monkeypatch)
+    meta = json.loads((vdir / META_FILE).read_text())
+    if recorded is None:
+        del meta["sha256"]
+    else:
+        meta["sha256"] = recorded
+    (vdir / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match="records no valid sha256"):
+        reg.load(1)
+
+
+def test_fingerprint_follows_the_files(saved: tuple[ModelRegistry, Path]) -> None:
+    reg, vdir = saved
+    whole = reg.fingerprint(1)
+    assert [name for name, _, _ in whole] == [META_FILE, MODEL_FILE]
+    assert dict((n, size) for n, size, _ in whole)[MODEL_FILE] == (vdir / MODEL_FILE).stat().st_size
+    assert reg.fingerprint(1) == whole  # stable while nothing changes
+    data = (vdir / MODEL_FILE).read_bytes()
+    (vdir / MODEL_FILE).write_bytes(data[:100])
+    truncated = reg.fingerprint(1)
+    assert truncated != whole
+    (vdir / MODEL_FILE).unlink()
+    assert [name for name, _, _ in reg.fingerprint(1)] == [META_FILE]
+    assert reg.fingerprint(99) == ()

@@ -1,0 +1,95 @@
+"""A running daemon and a version copied into its registry by hand, the way ``cp -r`` or
+``rsync`` do it: the directory first, then a half-written model, then the whole thing.
+The daemon keeps forecasting with version 1 throughout and serves version 2 once whole."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
+from streamcast.sim.broker import EmbeddedBroker
+from streamcast.stream import serving as serving_module
+
+from .conftest import (
+    Topics,
+    consume,
+    fleet_readings,
+    forecasts_of,
+    produce_readings,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_hand_copied_version_is_served_once_complete(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    registry: Path,
+    start_daemon,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(serving_module, "REGISTRY_CHECK_S", 0.2)
+    caplog.set_level(logging.INFO, logger=serving_module.__name__)
+    # The version to copy in, finished elsewhere.
+    v1 = ModelRegistry(registry).load(1)
+    staged = ModelRegistry(tmp_path / "staged")
+    source = staged.version_path(staged.save(v1.model, v1.cfg, metrics={}, data_range={}))
+
+    readings = fleet_readings(2, 97 + 30, seed=21)
+    first, later = readings[: 2 * 100], readings[2 * 100 :]
+    produce_readings(broker, topics.readings, first)
+    running = start_daemon(settings_for(broker, topics, registry))
+    serving = running.daemon.serving
+    got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
+    assert {d["model_version"] for d in forecasts_of(got)} == {1}
+
+    # 1. The directory, no files yet: waited for, not rejected.
+    target = ModelRegistry(registry).version_path(2)
+    target.mkdir()
+    _wait_until(lambda: 2 in serving._incomplete, 30, "version 2 to be waited for")
+    time.sleep(1.0)  # several more checks
+    assert serving._rejected_version == 0
+    assert serving.version == 1
+
+    # 2. meta.json and half of model.keras: rejected (once), version 1 keeps serving.
+    shutil.copy2(source / META_FILE, target / META_FILE)
+    data = (source / MODEL_FILE).read_bytes()
+    (target / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    _wait_until(lambda: serving._rejected_version == 2, 30, "version 2 to be rejected")
+    time.sleep(1.0)
+    assert serving.version == 1
+    rejections = [
+        r for r in caplog.records if r.levelno == logging.ERROR and "rejected" in r.getMessage()
+    ]
+    assert len(rejections) == 1
+    assert "truncated" in rejections[0].getMessage()
+
+    # 3. The copy finishes: version 2 is served, and forecasts say so.
+    (target / MODEL_FILE).write_bytes(data)
+    _wait_until(lambda: serving.version == 2, 60, "version 2 to be served")
+    produce_readings(broker, topics.readings, later)
+    records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 31)
+    assert running.stop() == 0
+    later_keys = {(s, ts) for s, ts, _ in later}
+    docs = [d for d in forecasts_of(records) if (d["sensor"], d["ts"]) in later_keys]
+    assert docs and {d["model_version"] for d in docs} == {2}
+    sample = running.daemon.metrics.registry.get_sample_value
+    assert sample("streamcast_model_info", {"version": "2"}) == 1
