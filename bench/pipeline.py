@@ -2,8 +2,11 @@
 
 Both read the same readings topic from the start in one run; the ratio says what
 windows, inference, publishing with acks and committing cost on top of reading.
+With ``--exactly-once`` the daemon reads it a second time with ``kafka.exactly_once``
+(one transaction per delivery cycle) and the two modes are printed side by side.
 
     python -m bench.pipeline [--sensors 200] [--steps 300] [--stride 1] [--units 8,8]
+                             [--exactly-once]
 """
 
 from __future__ import annotations
@@ -70,16 +73,25 @@ def _bare_read(bootstrap: str, topic: str, n: int) -> float:
 
 
 def _daemon_read(
-    bootstrap: str, topic: str, registry: str, stride: int, units: tuple[int, ...], expected: int
+    bootstrap: str,
+    topic: str,
+    registry: str,
+    stride: int,
+    units: tuple[int, ...],
+    expected: int,
+    *,
+    output_topic: str,
+    exactly_once: bool = False,
 ) -> tuple[float, float]:
     settings = load_settings(
         kafka={
             "bootstrap_servers": bootstrap,
             "input_topic": topic,
-            "output_topic": f"{topic}.forecasts",
+            "output_topic": output_topic,
             "group_id": f"d-{uuid.uuid4().hex[:6]}",
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 2000,
+            "exactly_once": exactly_once,
         },
         window={"stride": stride},
         model={"units": list(units)},
@@ -93,6 +105,8 @@ def _daemon_read(
     sample = metrics.registry.get_sample_value
     started = None
     while (sample("streamcast_forecasts_total") or 0) < expected:
+        if not thread.is_alive():
+            raise RuntimeError("the daemon stopped before it forecast everything (see its log)")
         if started is None and (sample("streamcast_readings_total", {"outcome": "ok"}) or 0) > 0:
             started = time.perf_counter()
         time.sleep(0.01)
@@ -109,6 +123,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--units", default="8,8")
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="also run the daemon with kafka.exactly_once and compare the two modes",
+    )
     args = parser.parse_args()
     units = tuple(int(u) for u in args.units.split(","))
 
@@ -122,14 +141,27 @@ def main() -> None:
         ).model
         ModelRegistry(tmp).save(model, spec, metrics={}, data_range={})
         topic = f"bench-{uuid.uuid4().hex[:6]}"
-        create_topics(broker.bootstrap, {topic: 4, f"{topic}.forecasts": 4})
+        outputs = {False: f"{topic}.forecasts", True: f"{topic}.forecasts-eos"}
+        create_topics(broker.bootstrap, {topic: 4, **{name: 4 for name in outputs.values()}})
         n = _produce(broker.bootstrap, topic, args.sensors, args.steps)
         per_sensor = max(0, (args.steps - (spec.num_steps + 1)) // args.stride + 1)
         expected = args.sensors * per_sensor
         bare = _bare_read(broker.bootstrap, topic, n)
         readings_s, forecasts_s = _daemon_read(
-            broker.bootstrap, topic, tmp, args.stride, units, expected
+            broker.bootstrap, topic, tmp, args.stride, units, expected, output_topic=outputs[False]
         )
+        eos: tuple[float, float] | None = None
+        if args.exactly_once:
+            eos = _daemon_read(
+                broker.bootstrap,
+                topic,
+                tmp,
+                args.stride,
+                units,
+                expected,
+                output_topic=outputs[True],
+                exactly_once=True,
+            )
     result = {
         "readings": n,
         "forecasts": expected,
@@ -146,6 +178,20 @@ def main() -> None:
         f"  daemon (end to end)   : {readings_s:10,.0f} readings/s, {forecasts_s:,.0f} forecasts/s"
     )
     print(f"  ratio daemon / bare   : {readings_s / bare:10.3f}")
+    if eos is not None:
+        eos_readings_s, eos_forecasts_s = eos
+        result.update(
+            {
+                "exactly_once_readings_s": round(eos_readings_s),
+                "exactly_once_forecasts_s": round(eos_forecasts_s),
+                "exactly_once_vs_at_least_once": round(eos_readings_s / readings_s, 3),
+            }
+        )
+        print(
+            f"  daemon, exactly-once  : {eos_readings_s:10,.0f} readings/s, "
+            f"{eos_forecasts_s:,.0f} forecasts/s"
+        )
+        print(f"  ratio exactly-once / at-least-once: {eos_readings_s / readings_s:.3f}")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -68,8 +68,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     setup_logging("INFO")
     stop = threading.Event()
-    with StopSignals(stop), EmbeddedBroker(host=args.host, port=args.port) as broker:
-        print(f"broker listening on {broker.bootstrap} (Ctrl-C stops it; data is in memory only)")
+    try:
+        embedded = EmbeddedBroker(host=args.host, port=args.port, advertise=args.advertise)
+    except ValueError as exc:
+        print(f"streamcast broker: --advertise: {exc}", file=sys.stderr)
+        return 2
+    with StopSignals(stop), embedded as broker:
+        where = broker.bootstrap
+        if broker.advertised != broker.bootstrap:
+            where += f", advertised as {broker.advertised}"
+        print(f"broker listening on {where} (Ctrl-C stops it; data is in memory only)", flush=True)
         while not stop.wait(0.5):
             if not broker.running():
                 print("streamcast: the broker exited", file=sys.stderr)
@@ -213,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9092)
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        default=None,
+        help="address given to clients in metadata (default: where it listens), "
+        "e.g. a TCP proxy in front of the broker",
+    )
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("simulate", help="publish simulated sensor readings")

@@ -108,7 +108,36 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(5, ge=0)
     producer_batch_bytes: int = Field(524_288, ge=1_024)
     delivery_timeout_s: float = Field(30.0, gt=0)
-    startup_timeout_s: float = Field(30.0, gt=0)
+    startup_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="one deadline for everything start-up asks of the broker (connect, "
+        "create/check topics, input metadata); model loading is not counted",
+    )
+    output_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="partitions of the forecast topic if start-up creates it; "
+        "default: as many as the input topic has (1 if that does not exist yet)",
+    )
+    dlq_partitions: int = Field(
+        1, ge=1, description="partitions of the dead-letter topic if start-up creates it"
+    )
+    replication_factor: int = Field(
+        1, description="replicas of the topics start-up creates; -1: the broker's default"
+    )
+    exactly_once: bool = Field(
+        False,
+        description="one Kafka transaction per delivery cycle: forecasts, dead letters and "
+        "the input offsets they cover commit together (read them with read_committed)",
+    )
+    transactional_id: str | None = Field(
+        None,
+        min_length=1,
+        description="exactly-once only: the producer's transactional.id; must be unique per "
+        "running replica and stable across its restarts (e.g. a StatefulSet pod name). "
+        "Default: CLIENT_ID.GROUP_ID.HOSTNAME.PID.RANDOM, unique per process",
+    )
     max_message_bytes: int = Field(65_536, ge=64)
     # Security settings are passed through to the Kafka clients unchanged.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -130,6 +159,13 @@ class KafkaSettings(_Section):
             if not host or not port.isdigit():
                 raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {server!r}")
         return ",".join(servers)
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value < 1 and value != -1:
+            raise ValueError("expected a replica count >= 1, or -1 for the broker's default")
+        return value
 
     def client_options(self) -> dict[str, Any]:
         """Options shared by every Kafka client, secrets revealed only here."""

