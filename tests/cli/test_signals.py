@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,22 +20,14 @@ import pytest
 from streamcast.signals import EXIT_FORCED, EXIT_OVERRUN
 from streamcast.sim.broker import free_port, wait_for_port
 
+from ..waiting import wait_for
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- processes through /proc ---------------------------------------------------------------
@@ -160,8 +152,8 @@ _VIEW_LINE = re.compile(r"^\[ *\d+\.\ds\] ", re.MULTILINE)  # "[   2.4s] bootstr
 
 def _wait_demo_running(proc: subprocess.Popen[bytes], log: Path) -> Proc:
     """Its broker child, once the daemon and the live view are running."""
-    broker = _wait_for(lambda: proc.poll() is None and _broker_child(proc.pid), 60, "the broker")
-    _wait_for(
+    broker = wait_for(lambda: proc.poll() is None and _broker_child(proc.pid), 60, "the broker")
+    wait_for(
         lambda: _VIEW_LINE.search(log.read_text()) or proc.poll() is not None, 60, "the live view"
     )
     assert proc.poll() is None, log.read_text()[-3000:]
@@ -227,7 +219,7 @@ def test_a_killed_demo_takes_its_broker_and_trainer_along(
         return next((p for p in procs if "spawn_main" in p.cmdline), None)
 
     # With an empty registry the daemon trains version 1 in a spawned process.
-    _wait_for(lambda: trainer() or proc.poll() is not None, 90, "the trainer")
+    wait_for(lambda: trainer() or proc.poll() is not None, 90, "the trainer")
     family = [Proc(pid) for pid in _descendants(proc.pid)]
     cleanup.extend(family)
     assert proc.poll() is None, log.read_text()[-3000:]
@@ -256,7 +248,7 @@ def test_broker_command_stops_on_one_interrupt(tmp_path: Path, cleanup: list[Any
         proc = _streamcast("broker", "--port", str(port), out=out)
     cleanup.append(proc)
     assert wait_for_port("127.0.0.1", port, 20), log.read_text()
-    broker = _wait_for(lambda: _broker_child(proc.pid), 10, "the broker process")
+    broker = wait_for(lambda: _broker_child(proc.pid), 10, "the broker process")
     cleanup.append(broker)
     assert f"--listener-url tcp://127.0.0.1:{port}" in broker.cmdline
 

@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from streamcast.learn.registry import ModelRegistry
 from streamcast.sim.broker import EmbeddedBroker, free_port
 
+from ..waiting import wait_for
 from .conftest import (
     SPEC,
     Topics,
@@ -34,15 +34,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _notify_lines(messages: list[str]) -> list[str]:
@@ -96,13 +87,13 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 40, timeout=90)
     assert len(got) >= 40, log.read_text()[-3000:]
     # Pinged at least twice while forecasting (every half WatchdogSec).
-    _wait_until(lambda: _watchdogs_after_ready(messages) >= 2, 30, "two watchdog pings")
+    wait_for(lambda: _watchdogs_after_ready(messages) >= 2, 30, "two watchdog pings")
     proc.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
     assert _wait_exit(proc, 30) == 0, log.read_text()[-3000:]
     assert time.monotonic() - stopped_at < settings.shutdown_timeout_s + 2
     # Sent before the exit, so already queued on the socket: the listener gets it next.
-    _wait_until(lambda: "STOPPING=1" in _notify_lines(messages), 5, "STOPPING=1")
+    wait_for(lambda: "STOPPING=1" in _notify_lines(messages), 5, "STOPPING=1")
     listening.clear()
     listener.join()
     notify.close()

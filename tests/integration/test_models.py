@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from streamcast.learn.registry import ModelRegistry
 from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker
 
+from ..waiting import wait_for
 from .conftest import (
     SPEC,
     Topics,
@@ -30,15 +30,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _add_corrupt_version(registry: Path, scratch: Path) -> int:
@@ -83,7 +74,7 @@ def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
     # Version 2 is corrupt (its checksum no longer matches): it must not be served.
     serving = running.daemon.serving
     bad = _add_corrupt_version(registry, tmp_path / "scratch")
-    _wait_until(lambda: serving._rejected_version == bad, 60, f"version {bad} to be rejected")
+    wait_for(lambda: serving._rejected_version == bad, 60, f"version {bad} to be rejected")
     assert serving.served is not None and serving.served.version == 1
 
     reg = ModelRegistry(registry)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from streamcast.ops.metrics import Metrics
 from streamcast.sim.broker import EmbeddedBroker, free_port
 
+from ..waiting import wait_for
 from .conftest import Topics, consume, fleet_readings, produce_readings, settings_for
 
 pytestmark = pytest.mark.integration
@@ -30,16 +29,6 @@ def _get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _metric(text: str, name: str) -> float:
@@ -55,7 +44,7 @@ def test_probes_and_metrics_follow_the_daemon(
     settings = settings_for(broker, topics, registry, http={"heartbeat_timeout_s": 1.0})
     running = start_daemon(settings, Metrics())  # with the process collector
     daemon = running.daemon
-    http = _wait_for(lambda: daemon.http, 30, "the HTTP server")
+    http = wait_for(lambda: daemon.http, 30, "the HTTP server")
     base = f"http://127.0.0.1:{http.port}"
 
     # Not ready while the model loads and before partitions are assigned.
@@ -94,11 +83,11 @@ def test_probes_and_metrics_follow_the_daemon(
     assert _get(base + "/healthz")[0] == 200
     release = threading.Event()
     daemon.loop_hook = release.wait
-    _wait_for(lambda: _get(base + "/healthz")[0] == 503, 10, "/healthz to fail")
+    wait_for(lambda: _get(base + "/healthz")[0] == 503, 10, "/healthz to fail")
     assert orjson.loads(_get(base + "/healthz")[1])["status"] == "stalled"
     daemon.loop_hook = None
     release.set()
-    _wait_for(lambda: _get(base + "/healthz")[0] == 200, 10, "/healthz to recover")
+    wait_for(lambda: _get(base + "/healthz")[0] == 200, 10, "/healthz to recover")
     assert running.stop() == 0
 
 
@@ -144,7 +133,7 @@ def test_a_real_prometheus_server_scrapes_the_daemon(
             result = orjson.loads(body)["data"]["result"]
             return float(result[0]["value"][1]) if result else None
 
-        value = _wait_for(forecasts, 60, "Prometheus to scrape streamcast_forecasts_total")
+        value = wait_for(forecasts, 60, "Prometheus to scrape streamcast_forecasts_total")
         assert value >= 2 * 14
     finally:
         server.terminate()

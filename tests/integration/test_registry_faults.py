@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
 from streamcast.sim.broker import EmbeddedBroker
 from streamcast.stream import serving as serving_module
 
+from ..waiting import wait_for
 from .conftest import (
     Topics,
     consume,
@@ -26,15 +26,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_hand_copied_version_is_served_once_complete(
@@ -64,7 +55,7 @@ def test_hand_copied_version_is_served_once_complete(
     # 1. The directory, no files yet: waited for, not rejected.
     target = ModelRegistry(registry).version_path(2)
     target.mkdir()
-    _wait_until(lambda: 2 in serving._incomplete, 30, "version 2 to be waited for")
+    wait_for(lambda: 2 in serving._incomplete, 30, "version 2 to be waited for")
     time.sleep(1.0)  # several more checks
     assert serving._rejected_version == 0
     assert serving.version == 1
@@ -73,7 +64,7 @@ def test_hand_copied_version_is_served_once_complete(
     shutil.copy2(source / META_FILE, target / META_FILE)
     data = (source / MODEL_FILE).read_bytes()
     (target / MODEL_FILE).write_bytes(data[: len(data) // 2])
-    _wait_until(lambda: serving._rejected_version == 2, 30, "version 2 to be rejected")
+    wait_for(lambda: serving._rejected_version == 2, 30, "version 2 to be rejected")
     time.sleep(1.0)
     assert serving.version == 1
     rejections = [
@@ -84,7 +75,7 @@ def test_hand_copied_version_is_served_once_complete(
 
     # 3. The copy finishes: version 2 is served, and forecasts say so.
     (target / MODEL_FILE).write_bytes(data)
-    _wait_until(lambda: serving.version == 2, 60, "version 2 to be served")
+    wait_for(lambda: serving.version == 2, 60, "version 2 to be served")
     produce_readings(broker, topics.readings, later)
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 31)
     assert running.stop() == 0
