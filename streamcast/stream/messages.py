@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,18 @@ class RecordLike(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+
+
+class RebuiltRecord(NamedTuple):
+    """A reading's record put back together by a stage that no longer holds its bytes
+    (inference): the same key, the reading re-encoded, where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,9 +347,11 @@ def encode_forecasts(
     horizon = int(forecasts.shape[1])
     ts_list = np.broadcast_to(np.asarray(ts, np.float64), (n,)).tolist()
     step_list = np.broadcast_to(np.asarray(step_s, np.float64), (n,)).tolist()
-    # Widen before rounding so float32 noise (21.399999618530273) prints as 21.4; orjson
-    # writes each row straight from the array (no per-float Python objects).
-    rows = np.ascontiguousarray(forecasts, dtype=np.float64).round(6)
+    # float32, the model's own precision, written as the shortest text that reads back
+    # to the same float32 (21.4, 1e-09, 3.4e+38): significant digits are kept at every
+    # scale, and no float32 noise (21.399999618530273) is printed. orjson writes each
+    # row straight from the array (no per-float Python objects).
+    rows = np.ascontiguousarray(forecasts, dtype=np.float32)
     issued = float(issued_at)
     version = int(model_version)
     dumps = orjson.dumps

@@ -31,7 +31,7 @@ from streamcast.learn.history import History
 from streamcast.learn.job import TrainingJob
 from streamcast.learn.registry import Fingerprint, IncompleteVersionError, ModelRegistry
 from streamcast.stream.batcher import Ready
-from streamcast.stream.messages import DeadLetter, Readings, encode_reading
+from streamcast.stream.messages import DeadLetter, Readings, RebuiltRecord, encode_reading
 from streamcast.stream.windows import WindowStore
 
 if TYPE_CHECKING:
@@ -193,15 +193,15 @@ class Serving:
     def _unforecastable(self, batch: Ready, i: int, reason: str, detail: str) -> DeadLetter:
         """The dead letter of a window's last reading, re-encoded (its bytes are gone by now)."""
         sensor = batch.sensors[i]
-        return DeadLetter(
-            sensor.encode(),
-            encode_reading(sensor, float(batch.ts[i]), batch.windows[i, -1]),
-            reason,
-            detail,
-            self.settings.kafka.input_topic,
-            int(batch.partitions[i]),
-            int(batch.offsets[i]),
+        record = RebuiltRecord(
+            topic=self.settings.kafka.input_topic,
+            partition=int(batch.partitions[i]),
+            offset=int(batch.offsets[i]),
+            timestamp=int(batch.log_ts[i] * 1000),
+            key=sensor.encode(),
+            value=encode_reading(sensor, float(batch.ts[i]), batch.windows[i, -1]),
         )
+        return DeadLetter.of(record, reason, detail)
 
     def infer(self, batch: Ready) -> np.ndarray:
         """Seed states, run the batch through the serving model: (n, horizon, features)."""

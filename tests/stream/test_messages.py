@@ -297,3 +297,11 @@ def test_schema_and_decoder_agree() -> None:
         assert not reading.is_valid(case)
         _, dead = decode_records([rec(js(case))], F, MAX)
         assert len(dead) == 1
+
+
+def test_forecasts_keep_their_significant_digits_at_every_scale() -> None:
+    values = np.array([[[21.4, 1e-9], [3.4e38, -0.000123456]]], np.float32)
+    (encoded,) = encode_forecasts(["s"], [1.0], [60.0], values, 2.0, 1, "truth")
+    decoded = np.array(orjson.loads(encoded)["values"], np.float32)
+    np.testing.assert_array_equal(decoded, values[0])  # exact float32 round trip
+    assert b"21.4," in encoded and b"1e-9" in encoded
