@@ -8,6 +8,7 @@ so readings keep arriving while the daemon cannot fetch them.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -241,7 +242,11 @@ def test_unacknowledged_forecasts_exit_1_uncommitted_and_a_restart_redoes_them(
         assert code == 1, log.read_text()[-3000:]
         text = log.read_text()
         assert "delivery failed, offsets left uncommitted" in text, text[-3000:]
-        assert "Traceback" not in text, text[-3000:]
+        # kafka-python may log its own tracebacks while connections die; none of ours.
+        ours = re.compile(
+            r'File "[^"]*/streamcast/(stream|model|learn|ops|sim)/|streamcast/\w+\.py"'
+        )
+        assert not ours.search("".join(text.split("Traceback")[1:])), text[-3000:]
         assert _committed(broker, t.group) == committed, "offsets moved past unacked work"
         assert not want_after & forecasts.arrived.keys()
 
