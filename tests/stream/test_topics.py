@@ -137,6 +137,7 @@ def test_a_topic_created_meanwhile_by_another_replica_counts_as_existing(
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("refused_sockets")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see the fixture
 def test_unreachable_broker_is_a_startup_error_within_the_deadline() -> None:
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", startup_timeout_s=1.5)
     before = set(threading.enumerate())
@@ -150,6 +151,7 @@ def test_unreachable_broker_is_a_startup_error_within_the_deadline() -> None:
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("refused_sockets")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see the fixture
 def test_one_deadline_bounds_every_client_built_inside_it() -> None:
     """The second client gets what the first left, not a fresh startup_timeout_s."""
     from kafka import KafkaProducer
