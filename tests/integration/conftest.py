@@ -25,10 +25,12 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from streamcast.config import ModelSpec, Settings, TrainingSettings, load_settings
 from streamcast.learn.registry import ModelRegistry
 from streamcast.ops.metrics import Metrics
-from streamcast.sim.broker import EmbeddedBroker
+from streamcast.sim.broker import EmbeddedBroker, free_port
 from streamcast.sim.fleet import SensorFleet
 from streamcast.stream.daemon import Daemon
 from streamcast.stream.messages import encode_reading
+
+from .proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,17 @@ STEP_S = 900.0
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
         yield b
+
+
+@pytest.fixture
+def proxied() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
+    """A broker of its own that tells every client to connect through the proxy."""
+    port = free_port()
+    with (
+        TcpProxy(("127.0.0.1", port)) as proxy,
+        EmbeddedBroker(port=port, advertise=proxy.address) as broker,
+    ):
+        yield broker, proxy
 
 
 @dataclass

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +42,6 @@ pytestmark = pytest.mark.integration
 
 CUT_S = 20.0
 DAEMON = "streamcast"  # the daemon's client id: what the proxy cuts
-
-
-@pytest.fixture
-def proxied() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
-    """A broker of its own that tells every client to connect through the proxy."""
-    port = free_port()
-    with (
-        TcpProxy(("127.0.0.1", port)) as proxy,
-        EmbeddedBroker(port=port, advertise=proxy.address) as broker,
-    ):
-        yield broker, proxy
 
 
 def _topics(broker: EmbeddedBroker) -> Topics:

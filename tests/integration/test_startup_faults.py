@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,6 @@ def _run(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line or " CRITICAL " in line]
-
-
-@pytest.fixture
-def proxied() -> Iterator[tuple[EmbeddedBroker, TcpProxy]]:
-    port = free_port()
-    with (
-        TcpProxy(("127.0.0.1", port)) as proxy,
-        EmbeddedBroker(port=port, advertise=proxy.address) as broker,
-    ):
-        yield broker, proxy
 
 
 def _fresh_topics(bootstrap: str, readings_partitions: int = 3) -> Topics:
