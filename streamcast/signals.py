@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -27,52 +28,80 @@ EXIT_FORCED = 130
 EXIT_OVERRUN = 1
 _PR_SET_PDEATHSIG = 1
 _TICK_S = 0.2
+_STOPPING = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    """Install the handlers for a ``with`` block; the previous ones come back on exit."""
+    """Install the handlers for a ``with`` block; the previous ones come back on exit.
+
+    Signals are counted by the watcher thread from a wakeup pipe that the interpreter's
+    C-level handler writes to, not by a Python handler: a process-directed signal may
+    land on any thread, and then the Python handler waits until the main thread runs
+    bytecode again, which a main thread stuck in a blocking call never does. The
+    watcher sees every signal at once, whichever thread took it.
+    """
 
     def __init__(self, stop: threading.Event, grace_s: float | None = None) -> None:
         self.stop = stop
-        self.force = threading.Event()
         self.grace_s = grace_s
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
+        self._previous_wakeup = -1
+        self._pipe: tuple[int, int] | None = None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="streamcast-signals", daemon=True)
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        if self.stop.is_set():
-            self.force.set()
-        self.stop.set()
+    @staticmethod
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        """Installed only so the C-level handler writes to the wakeup pipe."""
+
+    def _signals(self, timeout: float) -> list[int]:
+        assert self._pipe is not None
+        ready, _, _ = select.select([self._pipe[0]], [], [], timeout)
+        if not ready:
+            return []
+        with contextlib.suppress(BlockingIOError, OSError):
+            return [n for n in os.read(self._pipe[0], 512) if n in _STOPPING]
+        return []
 
     def _watch(self) -> None:
-        """Act on the flags: log the stop, and end the process when a stop must not wait."""
-        while not self.stop.wait(_TICK_S):
-            if self._closed.is_set():
-                return
-        if self.received:
-            logger.info("signal %s: stopping", signal.Signals(self.received[0]).name)
-        deadline = time.monotonic() + self.grace_s if self.grace_s is not None else None
+        """Count the signals; end the process when a stop must not wait."""
+        deadline: float | None = None
         while not self._closed.is_set():
-            if self.force.wait(_TICK_S):
-                logger.warning("second signal: exiting now")
-                _exit_now(EXIT_FORCED)
-            if deadline is not None and time.monotonic() > deadline:
-                logger.error("shutdown exceeded %.0fs: exiting", self.grace_s)
-                _exit_now(EXIT_OVERRUN)
+            for signum in self._signals(_TICK_S):
+                if self.stop.is_set():
+                    logger.warning("second signal: exiting now")
+                    _exit_now(EXIT_FORCED)
+                self.received.append(signum)
+                logger.info("signal %s: stopping", signal.Signals(signum).name)
+                self.stop.set()
+            if self.stop.is_set() and self.grace_s is not None:
+                deadline = deadline or time.monotonic() + self.grace_s
+                if time.monotonic() > deadline:
+                    logger.error("shutdown exceeded %.0fs: exiting", self.grace_s)
+                    _exit_now(EXIT_OVERRUN)
 
     def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        self._pipe = (read, write)
+        for sig in _STOPPING:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         self._watcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
+        signal.set_wakeup_fd(self._previous_wakeup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._watcher.join(timeout=2 * _TICK_S)
+        if self._pipe is not None and not self._watcher.is_alive():
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def _exit_now(code: int) -> None:

@@ -332,6 +332,38 @@ def test_second_signal_exits_at_once(
     assert "clean exit" not in out
 
 
+_OTHER_THREAD_SCRIPT = """
+import signal, threading, time
+from streamcast.signals import StopSignals
+
+def send_twice():  # process-wide signals may land on any thread; these land on this one
+    for _ in range(2):
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+with StopSignals(threading.Event()):
+    print("ready", flush=True)
+    threading.Thread(target=send_twice).start()
+    time.sleep(60)  # the main thread is stuck in a blocking call and runs no handler
+"""
+
+
+def test_signals_that_land_on_another_thread_still_stop_at_once(cleanup: list[Any]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OTHER_THREAD_SCRIPT],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    cleanup.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    code, out = _finish(proc, 10)
+    assert code == EXIT_FORCED, out
+
+
 def test_a_clean_stop_that_overruns_its_grace_period_is_cut_short(cleanup: list[Any]) -> None:
     proc = _stop_script(hang=True, grace=1.0, cleanup=cleanup)
     assert proc.stdout is not None
