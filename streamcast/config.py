@@ -201,7 +201,10 @@ class WindowSettings(_Section):
         100_000, ge=1, description="sensors tracked at once; the idlest is evicted"
     )
     rebuild_records: int = Field(
-        50_000, ge=0, description="records re-read per newly assigned partition to rebuild windows"
+        2_000_000,
+        ge=0,
+        description="the most records read back per newly assigned partition to refill "
+        "its sensors' windows (0: they start cold)",
     )
     max_future_s: float = Field(
         86_400.0,

@@ -29,6 +29,7 @@ from streamcast.stream.batcher import Batcher, Ready
 from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
 from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
 from streamcast.stream.offsets import Offsets
+from streamcast.stream.rebuild import WindowRebuild
 from streamcast.stream.serving import Serving
 from streamcast.stream.sink import KafkaSink
 from streamcast.stream.source import KafkaSource
@@ -148,11 +149,21 @@ class Daemon:
             found = ensure_output_topics(s.kafka, deadline)  # before anyone subscribes
             self.source = KafkaSource(
                 s.kafka,
-                rebuild_records=s.window.rebuild_records,
+                rebuild=self._rebuild if s.window.rebuild_records > 0 else None,
                 on_assigned=self._on_assigned,
                 on_revoked=self._on_revoked,
             )
             self._resources.callback(self.source.close)
+            self.rebuild = WindowRebuild(
+                s.kafka,
+                decode=lambda records: self.decode(records)[0],
+                num_features=self.spec.num_features,
+                need=s.window.num_steps + 1,
+                gap_factor=s.window.gap_factor,
+                max_records=s.window.rebuild_records,
+                tick=self.heartbeat,
+            )
+            self._resources.callback(self.rebuild.close)
             if found.input_partitions is not None:
                 self.source.wait_for_topic(min(5.0, deadline.remaining()))
         self.health.broker_reachable = self.source.broker_reachable
@@ -202,21 +213,16 @@ class Daemon:
 
     def consume(self, records: Sequence[Any]) -> None:
         """Decode, update windows, queue ready windows, dead-letter the rest."""
-        replay, live = self.source.split_replay(records)
-        if replay:
-            self.store.append(self.decode(replay)[0], emit=False)  # rebuild, no output
-        if not live:
-            return
-        readings, letters = self.decode(live)
+        readings, letters = self.decode(records)
         appended = self.store.append(readings, emit=self.serving.served is not None)
-        letters += appended.dead_letters(live, readings)
+        letters += appended.dead_letters(records, readings)
         self._count(readings, letters, appended)
         self.publish_dead_letters(letters)
         if self.serving.gathering:
             self.serving.observe(readings.take(appended.accepted(len(readings))))
         if len(appended):
             self.batcher.add(Ready.of(readings, appended), time.monotonic())
-        self.offsets.processed_up_to(live)
+        self.offsets.processed_up_to(records)
 
     def decode(self, records: Sequence[Any]) -> tuple[Readings, list[DeadLetter]]:
         return decode_records(
@@ -363,6 +369,12 @@ class Daemon:
         self.store.drop_partitions(partitions)
         self.offsets.forget(partitions)
         self.health.partitions = len(self.source.assigned_partitions() - partitions)
+
+    def _rebuild(self, committed: dict[int, int]) -> None:
+        """Refill the windows of newly assigned partitions before they fetch (no output)."""
+        budget_s = self.settings.kafka.max_poll_interval_ms / 2000  # stay in the group
+        for rebuilt in self.rebuild.run(committed, budget_s):
+            self.store.append(rebuilt.readings, emit=False)
 
     def _on_assigned(self, partitions: set[int]) -> None:
         """Partitions added to this member (rebalances are incremental: the rest stay)."""

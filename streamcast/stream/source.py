@@ -1,18 +1,16 @@
 """KafkaSource: the consumer side of the daemon.
 
-It owns the consumer-group membership, manual commits and the rebuild of
-windows after a rebalance: before a newly assigned partition is processed, the
-source seeks back ``rebuild_records`` before the committed offset, and every
-record below the committed offset is flagged as *replay* (it rebuilds windows
-but yields no forecast and no dead letter: both were delivered before the
-commit).
+It owns the consumer-group membership and manual commits. A newly assigned
+partition stays paused until the main thread has refilled its sensors' windows
+(``rebuild``, given the partitions' committed offsets); then it fetches from its
+committed offset.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
@@ -27,6 +25,7 @@ from streamcast.stream.clients import Deadline, bounded, connect
 logger = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[set[int]], None]
+RebuildCallback = Callable[[dict[int, int]], None]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -74,16 +73,14 @@ class KafkaSource:
         self,
         kafka: KafkaSettings,
         *,
-        rebuild_records: int,
+        rebuild: RebuildCallback | None,
         on_assigned: PartitionsCallback,
         on_revoked: PartitionsCallback,
     ) -> None:
         self.topic = kafka.input_topic
-        self.rebuild_records = rebuild_records
+        self._rebuild = rebuild
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
-        #: partition → first offset that is new work; lower offsets are replay.
-        self.replay_until: dict[int, int] = {}
         #: partition → next offset to be consumed, as last polled (read by the lag collector).
         self.positions: dict[int, int] = {}
         self._unsettled: list[TopicPartition] = []
@@ -112,7 +109,6 @@ class KafkaSource:
     def _revoked(self, partitions: set[int]) -> None:
         logger.info("partitions revoked topic=%s partitions=%s", self.topic, sorted(partitions))
         for p in partitions:
-            self.replay_until.pop(p, None)
             self.positions.pop(p, None)
         self._unsettled = [tp for tp in self._unsettled if tp.partition not in partitions]
         self._on_revoked(partitions)
@@ -129,43 +125,26 @@ class KafkaSource:
         self._on_assigned({tp.partition for tp in assigned})
 
     def settle(self) -> None:
-        """Position newly assigned partitions, then let them fetch.
+        """Refill the windows of newly assigned partitions, then let them fetch.
 
-        Re-reads ``rebuild_records`` before each committed offset so no sensor starts
-        cold; everything below the committed offset is replay. Runs on the main
-        thread, where the blocking offset look-ups are allowed.
+        Runs on the main thread, where the blocking offset look-ups are allowed; the
+        partitions fetch from their committed offsets, so nothing is forecast twice.
         """
         if not self._unsettled:
             return
         pending, self._unsettled = self._unsettled, []
         owned = self.consumer.assignment()
         pending = [tp for tp in pending if tp in owned]
-        if self.rebuild_records > 0 and pending:
-            self._seek_back(pending)
+        if self._rebuild is not None and pending:
+            committed: dict[int, int] = {}
+            for tp in pending:
+                offset = self.consumer.committed(tp)
+                if offset is not None:  # None: a fresh group, auto_offset_reset decides
+                    committed[tp.partition] = offset
+            if committed:
+                self._rebuild(committed)
         if not self.paused:
             self.consumer.resume(*pending)
-
-    def _seek_back(self, assigned: list[TopicPartition]) -> None:
-        try:
-            beginnings = self.consumer.beginning_offsets(assigned)
-        except KafkaError as exc:
-            logger.warning("cannot rebuild windows: beginning_offsets failed error=%s", exc)
-            beginnings = {}
-        for tp in assigned:
-            committed = self.consumer.committed(tp)
-            if committed is None:
-                continue  # a fresh group: auto_offset_reset decides, nothing to rebuild
-            start = max(int(beginnings.get(tp, 0)), committed - self.rebuild_records)
-            if start < committed:
-                self.consumer.seek(tp, start)
-                self.replay_until[tp.partition] = committed
-                logger.info(
-                    "rebuilding windows topic=%s partition=%d from=%d committed=%d",
-                    tp.topic,
-                    tp.partition,
-                    start,
-                    committed,
-                )
 
     # -- the loop's calls --------------------------------------------------------------------
 
@@ -180,26 +159,6 @@ class KafkaSource:
         if len(batches) == 1:
             return list(next(iter(batches.values())))
         return [r for records in batches.values() for r in records]
-
-    def split_replay(self, records: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-        """(replay, live): records below a partition's committed offset only rebuild windows."""
-        if not self.replay_until:
-            return [], list(records)
-        replay: list[Any] = []
-        live: list[Any] = []
-        is_replay = self.is_replay
-        for rec in records:
-            (replay if is_replay(rec.partition, rec.offset) else live).append(rec)
-        return replay, live
-
-    def is_replay(self, partition: int, offset: int) -> bool:
-        until = self.replay_until.get(partition)
-        if until is None:
-            return False
-        if offset >= until:
-            del self.replay_until[partition]
-            return False
-        return True
 
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit ``partition → next offset``; raises the client's error on failure."""
