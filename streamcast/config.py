@@ -108,6 +108,19 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(5, ge=0)
     producer_batch_bytes: int = Field(524_288, ge=1_024)
     delivery_timeout_s: float = Field(30.0, gt=0)
+    commit_interval_ms: int = Field(
+        1_000,
+        ge=0,
+        description="at-least-once: how often the loop waits for the broker's acks and "
+        "commits (0: after every poll); a crash redoes at most this much work. "
+        "Exactly-once commits a transaction after every poll",
+    )
+    max_pending_bytes: int = Field(
+        16 * 1_048_576,
+        ge=65_536,
+        description="output sent but not yet acknowledged beyond which the loop stops "
+        "fetching and waits for the broker (backpressure)",
+    )
     startup_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -3,7 +3,8 @@
 The main loop reads like the data flow:
 poll → decode → window → batch → seed states → infer → publish → flush → commit.
 Offsets move only after the broker acknowledged every forecast and dead letter
-derived from the readings below them (at-least-once, ``streamcast.stream.offsets``);
+derived from the readings below them (at-least-once, ``streamcast.stream.offsets``;
+how often, and backpressure, ``streamcast.stream.delivery``);
 which model answers, and how the next one gets there, is ``streamcast.stream.serving``.
 """
 
@@ -16,8 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from streamcast import __version__
 from streamcast.config import Settings
 from streamcast.errors import DeliveryError, StartupError
@@ -27,6 +26,7 @@ from streamcast.ops.notify import Notifier
 from streamcast.ops.probes import Health, HttpServer
 from streamcast.stream.batcher import Batcher, Ready
 from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
+from streamcast.stream.delivery import Delivery
 from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
 from streamcast.stream.offsets import Offsets
 from streamcast.stream.rebuild import WindowRebuild
@@ -81,14 +81,14 @@ class Daemon:
             resume_input=self._resume_after_training,
             status=self._status,
         )
-        self._unacked_log_ts: list[np.ndarray] = []
         self._ready_sent = False
-        self._floods = RateLimited(60.0)  # dead letters by reason, failed commits
+        self._floods = RateLimited(60.0)  # dead letters by reason
         #: Called at the top of every loop iteration; tests use it to stall the loop.
         self.loop_hook: Callable[[], None] | None = None
         self._resources = contextlib.ExitStack()
         self.source: KafkaSource
         self.sink: KafkaSink
+        self.delivery: Delivery
         self.http: HttpServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -154,6 +154,9 @@ class Daemon:
                 on_revoked=self._on_revoked,
             )
             self._resources.callback(self.source.close)
+            self.delivery = Delivery(
+                s.kafka, self.sink, self.source, self.offsets, self.metrics, self._ctx
+            )
             self.rebuild = WindowRebuild(
                 s.kafka,
                 decode=lambda records: self.decode(records)[0],
@@ -184,7 +187,8 @@ class Daemon:
                 self.consume(records)  # decode → window → batch
             while self.batcher.due(time.monotonic()):
                 self.forecast(self.batcher.take(time.monotonic()))  # seed → infer → publish
-            self.deliver()  # flush → commit
+            if self.delivery.due():
+                self.deliver()  # flush → commit
             self.maintain()  # first model, hot swap, readiness
             self.heartbeat()
 
@@ -255,9 +259,8 @@ class Daemon:
             model_version=self.serving.served.version,
             seed=self.spec.seeding,
         )
-        self.sink.send_forecasts([s.encode() for s in batch.sensors], values)
-        self._unacked_log_ts.append(batch.log_ts)
-        self.offsets.dirty = True
+        last = self.sink.send_forecasts([s.encode() for s in batch.sensors], values)
+        self.delivery.sent(batch.log_ts, last)
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         if not letters:
@@ -276,53 +279,9 @@ class Daemon:
                 )
 
     def deliver(self, timeout_s: float | None = None) -> None:
-        """Wait for the broker's acks, then commit what they cover.
-
-        Exactly-once (``kafka.exactly_once``): the forecasts and dead letters sent since
-        the last delivery and the input offsets they cover commit as one transaction,
-        or not at all (DeliveryError: the daemon exits without committing).
-        """
-        if not self.offsets.dirty:
-            return
-        # No commits while gathering history: those readings train version 1.
+        """Wait for the broker's acks, then commit what they cover (``stream.delivery``)."""
         served = self.serving.served is not None
-        offsets = self.offsets.to_commit(self.batcher.first_offsets()) if served else {}
-        if self.sink.transactional:
-            group = self.source.consumer.group_metadata()
-            try:
-                acked_at = self.sink.commit(self.source.topic, offsets, group, timeout_s)
-            except DeliveryError:
-                self.metrics.commits.labels("failed").inc()
-                raise
-        else:
-            acked_at = self.sink.flush(timeout_s)
-        self._acknowledged(acked_at)
-        if not offsets:
-            self.offsets.dirty = False
-            return
-        try:
-            if not self.sink.transactional:
-                self.source.commit(offsets)
-            self.metrics.commits.labels("ok").inc()
-            self.offsets.dirty = False
-        except Exception as exc:  # a rebalance in progress; the next commit covers it
-            self.metrics.commits.labels("failed").inc()
-            if self._floods.due(f"commit:{type(exc).__name__}"):
-                logger.warning(
-                    "commit failed (the next one covers it; counted, logged once a minute): %s",
-                    exc,
-                    extra={"ctx": {**self._ctx(), "offsets": offsets}},
-                )
-
-    def _acknowledged(self, acked_at: float) -> None:
-        """Forecasts the broker holds now: counted, and their end-to-end latency observed."""
-        if self._unacked_log_ts:
-            log_ts = np.concatenate(self._unacked_log_ts)
-            self._unacked_log_ts = []
-            self.metrics.forecasts.inc(len(log_ts))
-            observe = self.metrics.end_to_end.observe
-            for latency in (acked_at - log_ts).tolist():
-                observe(max(0.0, latency))
+        self.delivery.deliver(self.batcher.first_offsets() if served else None, timeout_s)
 
     def maintain(self) -> None:
         """The model's lifecycle, then readiness."""

@@ -93,6 +93,8 @@ class KafkaSink:
             **extra,
         )
         self._pending: list[Any] = []
+        #: Bytes of keys and values sent since the last flush (what backpressure bounds).
+        self.pending_bytes = 0
         # Exactly-once state: the open transaction, and the revocation count it began under.
         self._offsets = offsets
         self._in_transaction = False
@@ -125,12 +127,16 @@ class KafkaSink:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send_forecasts(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+    def send_forecasts(self, keys: Sequence[bytes], values: Sequence[bytes]) -> Any:
+        """Send; return the last record's future (None when there were none)."""
         if self.transactional_id is not None:
             self._open_transaction()
         send = self.producer.send
         topic = self.forecast_topic
-        self._pending.extend(send(topic, key=k, value=v) for k, v in zip(keys, values, strict=True))
+        futures = [send(topic, key=k, value=v) for k, v in zip(keys, values, strict=True)]
+        self._pending.extend(futures)
+        self.pending_bytes += sum(map(len, keys)) + sum(map(len, values))
+        return futures[-1] if futures else None
 
     def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if self.transactional_id is not None and letters:
@@ -139,6 +145,7 @@ class KafkaSink:
         for dl in letters:
             key, value, headers = dl.record(limit)
             self._pending.append(send(topic, key=key, value=value, headers=headers))
+            self.pending_bytes += len(key or b"") + len(value or b"")
 
     @property
     def pending(self) -> int:
@@ -151,6 +158,7 @@ class KafkaSink:
         must then not commit.
         """
         futures, self._pending = self._pending, []
+        self.pending_bytes = 0
         if futures:
             timeout = self.delivery_timeout_s if timeout_s is None else timeout_s
             try:
@@ -237,6 +245,7 @@ class KafkaSink:
             )
         records = len(self._pending)
         self._pending = []
+        self.pending_bytes = 0
         self._in_transaction = False
         try:
             bounded(self.producer.abort_transaction, self.delivery_timeout_s, "abort_transaction")
@@ -252,6 +261,7 @@ class KafkaSink:
     def _abandon(self, why: BaseException, timeout_s: float = 5.0) -> None:
         """Abort the open transaction, best effort (its producer may be fenced or gone)."""
         self._pending = []
+        self.pending_bytes = 0
         if not self._in_transaction:
             return
         self._in_transaction = False

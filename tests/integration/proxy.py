@@ -24,6 +24,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -118,6 +119,8 @@ class TcpProxy:
         self.client_ids: list[str] = []
         self.refused = 0
         self.dropped_requests = 0
+        #: (api key, seconds): requests with that key wait this long before they go on.
+        self.delay: tuple[int, float] | None = None
 
     @property
     def address(self) -> str:
@@ -236,6 +239,9 @@ class TcpProxy:
                     if conn.closed:
                         return
                 elif not conn.frozen:
+                    delay = self.delay
+                    if delay is not None and _api_key(frame) == delay[0]:
+                        time.sleep(delay[1])  # a broker slow to take this kind of request
                     conn.upstream.sendall(frame)
                 frame = _read_frame(client)
         except OSError:

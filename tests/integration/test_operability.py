@@ -59,7 +59,15 @@ def test_probes_and_metrics_follow_the_daemon(
     readings = fleet_readings(3, 100, seed=9)
     produce_readings(broker, topics.readings, readings)
     consume(broker, topics.forecasts, until=lambda r: len(r) >= 3 * 4)
-    text = _get(base + "/metrics")[1].decode()
+
+    # Forecasts are counted as the broker's acks come in, on the producer's thread; the
+    # commit follows within kafka.commit_interval_ms.
+    def counted() -> str | None:
+        text = _get(base + "/metrics")[1].decode()
+        done = _metric(text, "streamcast_forecasts_total") >= 3 * 4
+        return text if done and _metric(text, 'streamcast_commits_total{outcome="ok"}') else None
+
+    text = wait_for(counted, 10, "the forecasts' acks and their commit")
     assert _metric(text, 'streamcast_readings_total{outcome="ok"}') == len(readings)
     assert _metric(text, "streamcast_forecasts_total") == 3 * 4
     assert _metric(text, "streamcast_sensors") == 3

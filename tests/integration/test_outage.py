@@ -298,3 +298,71 @@ def test_broker_command_advertises_another_address() -> None:
     )
     assert done.returncode == 2
     assert "expected HOST:PORT, got 'no-port'" in done.stderr
+
+
+def test_a_slow_broker_shows_as_lag_not_as_memory(
+    proxied: tuple[EmbeddedBroker, TcpProxy], registry: Path, start_daemon: Any
+) -> None:
+    """Every Produce request waits 0.2 s at the proxy: the broker takes forecasts more
+    slowly than the daemon makes them. The output waiting for acks must stay within
+    ``kafka.max_pending_bytes`` plus one loop turn's worth (the loop stops fetching and
+    waits for the broker; without that bound it would hold all 5 MB of forecasts); the
+    readings wait in the broker as lag, and none is lost."""
+    broker, proxy = proxied
+    t = _topics(broker)
+    sensors, steps = 30, SPEC.num_steps + 1 + 60
+    readings = fleet_readings(sensors, steps, seed=5)
+    produce_readings(broker, t.readings, readings)
+    limit, per_poll = 262_144, 20
+    settings = _settings(
+        broker,
+        t,
+        registry,
+        proxy,
+        max_pending_bytes=limit,
+        max_poll_records=per_poll,
+        commit_interval_ms=600_000,  # only backpressure makes the loop wait for acks
+    )
+    proxy.delay = (PRODUCE, 0.2)
+    running = start_daemon(settings)
+    daemon = running.daemon
+    pending: list[int] = []  # output waiting for acks, each time the loop waits for them
+    lag: list[int] = []
+
+    def sample() -> None:
+        sink = daemon.sink
+        if not pending:  # first turn: watch every wait for acks from now on
+            flush = sink.flush
+
+            def watched(timeout_s: float | None = None) -> float:
+                pending.append(sink.pending_bytes)
+                return flush(timeout_s)
+
+            sink.flush = watched  # type: ignore[method-assign]
+            pending.append(0)
+        lag.append(sum(daemon.source.lag().values()))
+
+    daemon.loop_hook = sample
+    forecasts = Forecasts(broker, t.forecasts)
+    try:
+        running.wait_ready(60)
+        want = _expected(readings, sensors)
+        deadline = time.monotonic() + 20
+        while len(forecasts.arrived) < len(want) // 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(forecasts.arrived) >= len(want) // 4, "forecasts did not flow"
+        # One turn of the loop adds at most a poll's readings and a batch left from the
+        # turn before, each at most one forecast of under 4 KiB (96 x 2 float32 values).
+        bound = limit + (per_poll + settings.inference.max_batch) * 4096
+        assert max(pending) <= bound, f"pending output grew to {max(pending)} bytes"
+        assert max(pending) >= limit // 2, "the test did not make output wait"
+        assert max(lag) > per_poll * 4, "the readings did not wait in the broker"
+        proxy.delay = None
+        forecasts.wait_for(want, 60)
+    finally:
+        forecasts.close()
+    assert running.stop() == 0
+    print(
+        f"\nslow broker: pending output at most {max(pending)} bytes "
+        f"(limit {limit}), lag up to {max(lag)} readings"
+    )
