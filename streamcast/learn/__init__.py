@@ -1,6 +1,8 @@
-"""Learning from sensor history: data files and examples, evaluation, the fit loop,
-the training process, the first model's history, and the model registry.
+"""Learning from sensor history: data files and examples, evaluation and the promotion
+gate, the fit loop, the training process and the CPUs it may use, the first model's
+history and the replay buffer (cut at gaps where serving restarts a window), and the
+model registry.
 
-Modules that the daemon imports while it runs (examples, history, job, registry)
-stay free of TensorFlow; ``fit`` imports it through ``streamcast.model``.
+Modules that the daemon imports while it runs (examples, gaps, history, replay, job,
+registry) stay free of TensorFlow; ``fit`` imports it through ``streamcast.model``.
 """

@@ -153,3 +153,19 @@ def format_evaluation(metrics: Evaluation) -> str:
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
     lines.append(f"({metrics.units}; {metrics.examples} examples)")
     return "\n".join(lines)
+
+
+def score_held_out(
+    forecasts: Mapping[str, np.ndarray], held_out: Examples, scale: np.ndarray | None = None
+) -> Evaluation:
+    """Named forecasts and the baselines on ``held_out`` examples, errors scaled per source.
+
+    ``scale`` is (sources, F), indexed by each example's ``source`` (use each series'
+    training std); without it errors stay in original units. The baselines' names are
+    reserved, so a model can never be scored as one.
+    """
+    reserved = {"persistence", "seasonal"} & set(forecasts)
+    if reserved:
+        raise ValueError(f"forecast names {sorted(reserved)} are the baselines' own")
+    per_example = None if scale is None else np.asarray(scale)[held_out.source]
+    return evaluate({**forecasts, **baselines(held_out)}, held_out.target, scale=per_example)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamcast.config import ModelSpec, TrainingSettings
+from streamcast.learn.cpus import available_cpus
 from streamcast.signals import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _train_and_save(
 
 
 class TrainingJob:
-    """One training run in a spawned process."""
+    """One training run in a spawned process, with no more threads than CPUs it may use."""
 
     def __init__(
         self,
@@ -69,6 +70,15 @@ class TrainingJob:
         series: list[np.ndarray],
         timestamps: list[np.ndarray] | None = None,
     ) -> None:
+        cpus = available_cpus()
+        if settings.threads > cpus:
+            logger.info(
+                "trainer threads capped to the CPUs available threads=%d asked=%d",
+                cpus,
+                settings.threads,
+            )
+            settings = settings.model_copy(update={"threads": cpus})
+        self.settings = settings
         ctx = multiprocessing.get_context("spawn")
         args: tuple[Any, ...] = (
             cfg.model_dump_json(),

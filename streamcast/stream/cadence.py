@@ -1,7 +1,9 @@
 """The stride's cadence: which readings get a forecast when not every one does.
 
 It follows each reading's ``ts`` alone, not a count since the process started, so a
-restart or a rebalance never moves it.
+restart or a rebalance never moves it. The step estimate's constants live here too:
+serving's windows and training's gap rule both read them, so the two cut a sensor's
+readings at exactly the same places.
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+
+# Step estimate: EWMA of the gaps between readings, each gap clipped to [1/2, 2] x the
+# estimate, so jitter and a single missed reading barely move it.
+STEP_ALPHA = 0.1
+STEP_CLIP = 2.0
 
 # Sampling intervals sensors are set to (seconds); an estimated step within 10 % of one
 # is taken to be it, so the estimate's drift never moves the stride's grid.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamcast.stream.cadence import on_stride
+from streamcast.stream.cadence import STEP_ALPHA, STEP_CLIP, on_stride
 from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.carry import CarriedStates
 from streamcast.stream.messages import DeadLetter, Readings, RecordLike
@@ -25,10 +25,6 @@ from streamcast.stream.slots import SensorSlots
 
 logger = logging.getLogger(__name__)
 
-# Step estimate: EWMA of the gaps between readings, each gap clipped to [1/2, 2] x the
-# estimate, so jitter and a single missed reading barely move it.
-_STEP_ALPHA = 0.1
-_STEP_CLIP = 2.0
 _MAX_TABLE_LENGTH = 1024  # window gather table: at most 1024 x 1023 int32 (4 MiB)
 
 IntArray = npt.NDArray[np.int64]
@@ -274,8 +270,8 @@ class WindowStore:
             diff = t - last
             gap = (cnt >= 2) & (diff > gap_factor * step)
             # The first gap after a (re)start seeds the step; later ones move it slowly.
-            clipped = np.clip(diff, step / _STEP_CLIP, step * _STEP_CLIP)
-            moved = np.where(gap | (cnt == 0), step, step + _STEP_ALPHA * (clipped - step))
+            clipped = np.clip(diff, step / STEP_CLIP, step * STEP_CLIP)
+            moved = np.where(gap | (cnt == 0), step, step + STEP_ALPHA * (clipped - step))
             new_step = np.where(cnt == 1, diff, moved)
             self._step[s] = new_step
             new_cnt = np.where(gap, 1, cnt + 1)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamcast.learn.evaluation import baselines, evaluate, format_evaluation, horizon_buckets
+from streamcast.learn.evaluation import (
+    baselines,
+    evaluate,
+    format_evaluation,
+    horizon_buckets,
+    score_held_out,
+)
 from streamcast.learn.examples import Examples, make_examples
 
 
@@ -72,3 +78,17 @@ def test_format_evaluation_table() -> None:
     assert lines[1].split()[0] == "1-6" and lines[2].split()[0] == "7-8"
     assert lines[3].split() == ["mean", "0.5000", "0.5000", "1.0000", "1.0000"]
     assert "3 examples" in lines[-1]
+
+
+def test_score_held_out_adds_the_baselines_and_scales_by_source() -> None:
+    window = np.array([[[1.0], [2.0]], [[10.0], [20.0]]], dtype=np.float32)
+    target = np.array([[[3.0]], [[30.0]]], dtype=np.float32)
+    ex = Examples(window, window[:, 0], target, np.array([0, 1], np.int32))
+    scale = np.array([[1.0], [10.0]])
+    m = score_held_out({"model": target + np.array([1.0, 10.0])[:, None, None]}, ex, scale)
+    assert set(m.scores) == {"model", "persistence", "seasonal"}
+    assert m.score("model").mae == pytest.approx(1.0)  # 1/1 and 10/10
+    assert m.score("persistence").mae == pytest.approx((1.0 + 1.0) / 2)  # |2-3|/1, |20-30|/10
+    assert evaluate(target + 1.0, target).score("model").mae == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="baselines"):
+        score_held_out({"persistence": target}, ex)
