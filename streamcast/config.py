@@ -241,11 +241,24 @@ class TrainingSettings(_Section):
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     learning_rate: float = Field(3e-3, gt=0.0)
     random_seed: int = Field(0, description="seeds weight initialisation and shuffling")
-    threads: int = Field(1, ge=1, description="CPU threads the trainer may use")
+    threads: int = Field(
+        1, ge=1, description="CPU threads the trainer may use (capped by the CPUs available)"
+    )
+    history_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="memory for the readings gathered to train the first model",
+    )
 
 
 class RegistrySettings(_Section):
     path: Path = Path("registry")
+    keep: int = Field(
+        10,
+        ge=2,
+        description="versions kept after each promotion (newest first); the current one "
+        "and the ones a rollback returns to are never removed",
+    )
 
 
 class HttpSettings(_Section):

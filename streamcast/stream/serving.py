@@ -1,12 +1,15 @@
 """The model lifecycle inside the daemon: load, warm, hot swap, and the first model.
 
-With a model in the registry the daemon serves its newest version and checks
-the registry every few seconds for a newer one, which is loaded, compiled and
-warmed, then swapped in between batches; a bad new version is logged and
-skipped until its files change (a hand copy that finished), and one whose
-files are still missing is waited for quietly (``INCOMPLETE_GRACE_S``). With
-an empty registry it gathers history from the stream and trains version 1 in
-a spawned process while the loop keeps polling.
+With a model in the registry the daemon serves the version its ``current`` pointer
+names and checks the pointer every few seconds; when it names another version (a
+promotion, or a rollback to an older one) that version is loaded, compiled and warmed,
+then swapped in between batches. A bad version is logged and skipped until its files
+change (a hand copy that finished), and one whose files are still missing is waited for
+quietly (``INCOMPLETE_GRACE_S``). If the current version is unusable at start-up the
+daemon serves the best one that is (``serving_order``) and exits only when none is. A
+registry without a pointer is served as before pointers existed: its newest usable
+version, swapping to any newer one. With an empty registry it gathers history from the
+stream and trains version 1 in a spawned process while the loop keeps polling.
 
 TensorFlow is imported here only when a model is loaded, through
 ``streamcast.model``.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +28,17 @@ import numpy as np
 
 from streamcast.config import Settings
 from streamcast.errors import ModelMismatchError, RegistryError, StartupError
+from streamcast.learn.cpus import available_cpus
 from streamcast.learn.examples import split_sizes
 from streamcast.learn.history import History
 from streamcast.learn.job import TrainingJob
-from streamcast.learn.registry import Fingerprint, IncompleteVersionError, ModelRegistry
+from streamcast.learn.registry import (
+    Fingerprint,
+    IncompleteVersionError,
+    ModelRegistry,
+    Pointer,
+    serving_order,
+)
 from streamcast.stream.batcher import Ready
 from streamcast.stream.messages import DeadLetter, Readings, RebuiltRecord, encode_reading
 from streamcast.stream.windows import WindowStore
@@ -43,7 +52,6 @@ REGISTRY_CHECK_S = 5.0
 # A version directory without its meta.json / model.keras (a cp -r or rsync in progress)
 # is waited for this long without progress before it is rejected as an error.
 INCOMPLETE_GRACE_S = 120.0
-_BOOTSTRAP_MAX_SENSORS = 2_000  # bounds the history kept to train the first model
 
 
 @dataclass
@@ -74,7 +82,7 @@ class Serving:
         self.settings = settings
         self.spec = settings.model
         self.store = store
-        self.registry = ModelRegistry(settings.registry.path)
+        self.registry = ModelRegistry(settings.registry.path, keep=settings.registry.keep)
         self.served: Served | None = None
         self.history: History | None = None
         self.training: TrainingJob | None = None
@@ -88,6 +96,7 @@ class Serving:
         self._rejected: dict[int, Fingerprint] = {}
         # version -> (fingerprint, since): incomplete, waited for while its files change
         self._incomplete: dict[int, tuple[Fingerprint, float]] = {}
+        self._pointer_error = ""  # the last unreadable-pointer error logged (once each)
         #: Monotonic seconds; tests replace it to step through the registry checks.
         self.clock: Callable[[], float] = time.monotonic
 
@@ -103,19 +112,11 @@ class Serving:
     # -- start-up ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve the newest version, or start gathering history for the first one."""
+        """Serve the current version (or the best usable one), or start gathering history
+        for the first one. Raises StartupError when versions exist but none is usable."""
         versions = self.registry.versions()
-        for version in reversed(versions):
-            try:
-                self.load(version)
-            except IncompleteVersionError as exc:
-                if version == versions[0]:
-                    raise StartupError(str(exc)) from exc
-                # A copy in progress: serve the newest whole version; the check swaps later.
-                logger.warning("model version %d skipped at start-up: %s", version, exc)
-                continue
-            except (RegistryError, ModelMismatchError) as exc:
-                raise StartupError(str(exc)) from exc
+        if versions:
+            self._serve_first_usable(versions)
             return
         s = self.settings
         logger.info(
@@ -128,9 +129,63 @@ class Serving:
             self.spec.num_features,
             # enough for a chronological validation part of its own per sensor
             max_per_sensor=math.ceil(2 * span / s.training.validation_fraction),
-            max_sensors=_BOOTSTRAP_MAX_SENSORS,
+            max_bytes=s.training.history_bytes,
+            span=span,
+            gap_factor=s.window.gap_factor,
         )
         self._status("bootstrap", "gathering history to train the first model")
+
+    def _serve_first_usable(self, versions: list[int]) -> None:
+        """Try the versions in ``serving_order``; the first that loads is served.
+
+        A version that is incomplete or fails the registry's checks is logged and the next
+        one tried (and remembered, so the registry check does not retry it until its files
+        change); a version that does not fit the configuration stops start-up, as does
+        any other failure: a configuration mistake must not be hidden by an older model.
+        """
+        try:
+            pointer = self.registry.pointer()
+        except RegistryError as exc:
+            logger.error("%s; serving the newest usable version instead", exc)
+            pointer = None
+        failures: list[str] = []
+        now = self.clock()
+        for version in serving_order(pointer, versions):
+            fingerprint = self.registry.fingerprint(version)
+            try:
+                self.load(version)
+            except ModelMismatchError as exc:
+                raise StartupError(str(exc)) from exc
+            except RegistryError as exc:
+                level = logging.ERROR
+                if isinstance(exc, IncompleteVersionError):
+                    self._incomplete[version] = (fingerprint, now)
+                    level = logging.WARNING  # a copy in progress, most likely
+                else:
+                    self._rejected[version] = fingerprint
+                    self._rejected_version = max(self._rejected_version, version)
+                failures.append(str(exc))
+                logger.log(
+                    level,
+                    "model version %d skipped at start-up: %s",
+                    version,
+                    exc,
+                    extra={"ctx": {"model_version": version}},
+                )
+                continue
+            if pointer is not None and version != pointer.current:
+                logger.warning(
+                    "serving model version %d instead of the current version %d, which is "
+                    "unusable (%s); it is tried again when its files change",
+                    version,
+                    pointer.current,
+                    failures[0],
+                    extra={"ctx": {"model_version": version}},
+                )
+            return
+        raise StartupError(
+            f"no usable model version in {self.registry.path}: " + "; ".join(failures)
+        )
 
     # -- the loop's calls ----------------------------------------------------------------
 
@@ -282,16 +337,26 @@ class Serving:
         )
 
     def _check_registry(self, now: float) -> None:
-        """Swap in the newest version above the served one that can be tried now.
+        """Swap to the version the pointer names, if it is another one and can be tried now.
 
+        Without a pointer: the newest version above the served one that can be tried now.
         Skipped: versions rejected whose files have not changed since (a fingerprint of
         names, sizes and mtimes), and versions still missing files within the grace
-        period, in favour of the next older one. At most one model load per check.
+        period (without a pointer, in favour of the next older one). At most one model
+        load per check. An unreadable pointer is logged once and keeps the served model.
         """
         assert self.served is not None
         served = self.served.version
-        newer = [v for v in self.registry.versions() if v > served]
-        for version in reversed(newer):
+        try:
+            pointer = self.registry.pointer()
+        except RegistryError as exc:
+            if str(exc) != self._pointer_error:
+                self._pointer_error = str(exc)
+                logger.error("%s; still serving version %d", exc, served)
+            return
+        self._pointer_error = ""
+        versions = self.registry.versions()
+        for version in self._wanted(pointer, versions, served):
             fingerprint = self.registry.fingerprint(version)
             if self._rejected.get(version) == fingerprint:
                 continue
@@ -300,10 +365,18 @@ class Serving:
                 del self._rejected[version]
             if self._swap_to(version, fingerprint, now):
                 break
-        done = self.served.version
+        # Forget versions that are gone (retention), except the one the pointer names.
+        keep = set(versions) | ({pointer.current} if pointer is not None else set())
         for table in (self._rejected, self._incomplete):
-            for version in [v for v in table if v <= done]:
+            for version in [v for v in table if v not in keep]:
                 del table[version]
+
+    @staticmethod
+    def _wanted(pointer: Pointer | None, versions: list[int], served: int) -> list[int]:
+        """The versions to try swapping to, first choice first."""
+        if pointer is not None:
+            return [pointer.current] if pointer.current != served else []
+        return [v for v in reversed(versions) if v > served]
 
     def _swap_to(
         self, version: int, fingerprint: Fingerprint | None = None, now: float | None = None
@@ -363,13 +436,13 @@ class Serving:
         if not self.training.done():
             return
         job, self.training = self.training, None
-        latest = self.registry.latest()
-        if not job.ok or latest is None:
+        first = self.registry.current() or self.registry.latest()
+        if not job.ok or first is None:
             raise RuntimeError(
                 f"training the first model failed (exit code {job.process.exitcode})"
             )
         self.history = None
-        self.load(latest)  # a failure here is fatal: nothing to serve
+        self.load(first)  # a failure here is fatal: nothing to serve
         self._resume_input()
 
     def _maybe_start_training(self) -> None:
@@ -388,7 +461,7 @@ class Serving:
         self._pause_input()
         # Nothing is forecast until version 1 exists, so its training may use every
         # core; later retraining keeps to training.threads and leaves inference a core.
-        first = training.model_copy(update={"threads": max(training.threads, os.cpu_count() or 1)})
+        first = training.model_copy(update={"threads": max(training.threads, available_cpus())})
         self.training = TrainingJob(
             self.spec,
             first,

@@ -1,9 +1,12 @@
-"""Models in the running daemon: hot swap between batches, a bad new version skipped,
-and carried states flowing from one window of a sensor to its next."""
+"""Models in the running daemon: it follows the registry's ``current`` pointer (a saved
+version swaps in between batches, a rollback swaps back, a bad version is skipped), falls
+back to the version served before when the current one is corrupt at start-up, and
+carries states from one window of a sensor to its next."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -13,9 +16,10 @@ import numpy as np
 import pytest
 
 from streamcast.config import ModelSpec
-from streamcast.learn.registry import ModelRegistry
+from streamcast.learn.registry import MODEL_FILE, POINTER_FILE, ModelRegistry
 from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker
+from streamcast.stream import serving as serving_module
 
 from ..waiting import wait_for
 from .conftest import (
@@ -61,9 +65,23 @@ def _wait_version(daemon, version: int, timeout: float = 60) -> None:
     )
 
 
-def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
-    broker: EmbeddedBroker, topics: Topics, registry: Path, start_daemon, tmp_path: Path
+def _point_at(registry: Path, version: int, previous: list[int]) -> None:
+    """Name a version current without promote's checks: a pointer edited by hand, or a
+    version corrupted after its promotion."""
+    tmp = registry / ".tmp-pointer"
+    tmp.write_text(json.dumps({"current": version, "previous": previous}))
+    os.rename(tmp, registry / POINTER_FILE)
+
+
+def test_daemon_follows_the_pointer_without_a_restart_and_skips_bad_versions(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    registry: Path,
+    start_daemon,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(serving_module, "REGISTRY_CHECK_S", 0.2)
     readings = fleet_readings(2, 97 + 30, seed=11)
     first, later = readings[: 2 * 100], readings[2 * 100 :]
     produce_readings(broker, topics.readings, first)
@@ -71,25 +89,76 @@ def test_new_versions_swap_in_without_a_restart_and_bad_ones_are_skipped(
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     assert {d["model_version"] for d in forecasts_of(got)} == {1}
 
-    # Version 2 is corrupt (its checksum no longer matches): it must not be served.
+    # Version 2 is corrupt (its checksum no longer matches). Merely present it is not
+    # looked at; named current, it is rejected and version 1 keeps serving.
     serving = running.daemon.serving
     bad = _add_corrupt_version(registry, tmp_path / "scratch")
+    time.sleep(1.0)  # several registry checks
+    assert serving._rejected_version == 0
+    _point_at(registry, bad, [1])
     wait_for(lambda: serving._rejected_version == bad, 60, f"version {bad} to be rejected")
     assert serving.served is not None and serving.served.version == 1
 
+    # A version saved with promote=True (the default) swaps in.
     reg = ModelRegistry(registry)
     v1 = reg.load(1)
     good = reg.save(v1.model, v1.cfg, metrics={}, data_range={})
+    assert reg.current() == good
     _wait_version(running.daemon, good)
     produce_readings(broker, topics.readings, later)
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 31)
-    assert running.stop() == 0
     docs = forecasts_of(records)
     later_keys = {(s, ts) for s, ts, _ in later}
     assert {d["model_version"] for d in docs if (d["sensor"], d["ts"]) in later_keys} == {good}
     sample = running.daemon.metrics.registry.get_sample_value
     assert sample("streamcast_model_info", {"version": str(good)}) == 1
     assert sample("streamcast_model_info", {"version": "1"}) is None
+
+    # A rollback goes back to the version served before that still verifies (not the
+    # corrupt one in between), and the daemon swaps back to it: an older version.
+    assert reg.rollback() == 1
+    _wait_version(running.daemon, 1)
+    assert running.stop() == 0
+    assert sample("streamcast_model_info", {"version": "1"}) == 1
+    assert sample("streamcast_model_info", {"version": str(good)}) is None
+
+
+def test_corrupt_current_version_at_start_up_falls_back_to_the_one_served_before(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    registry: Path,
+    start_daemon,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(serving_module, "REGISTRY_CHECK_S", 0.2)
+    caplog.set_level(logging.WARNING, logger=serving_module.__name__)
+    reg = ModelRegistry(registry)
+    v1 = reg.load(1)
+    assert reg.save(v1.model, v1.cfg, metrics={}, data_range={}) == 2  # current, after 1
+    assert reg.save(v1.model, v1.cfg, metrics={}, data_range={}, promote=False) == 3
+    with (reg.version_path(2) / MODEL_FILE).open("ab") as fh:
+        fh.write(b"\0")  # corrupted after its promotion
+
+    produce_readings(broker, topics.readings, fleet_readings(2, 100, seed=13))
+    running = start_daemon(settings_for(broker, topics, registry))
+    running.wait_ready()
+    got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
+    # Version 1, served before the current one, not the newer never-promoted version 3.
+    assert {d["model_version"] for d in forecasts_of(got)} == {1}
+    assert running.daemon.serving.version == 1
+    fallback = [
+        r.getMessage() for r in caplog.records if "instead of the current" in r.getMessage()
+    ]
+    assert len(fallback) == 1
+    assert "serving model version 1 instead of the current version 2" in fallback[0]
+    assert "checksum mismatch" in fallback[0]
+    assert reg.current() == 2  # the daemon reads the pointer, never writes it
+
+    # The registry check keeps working after the fallback: a promotion swaps in.
+    reg.promote(3)
+    _wait_version(running.daemon, 3)
+    assert running.stop() == 0
 
 
 @pytest.fixture(scope="module")

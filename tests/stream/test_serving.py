@@ -92,7 +92,8 @@ def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRe
 @pytest.fixture
 def harness(tmp_path: Path, model: keras.Model) -> Harness:
     reg = ModelRegistry(tmp_path / "registry")
-    assert reg.save(model, CFG) == 1
+    # No current pointer: the registry is served as one made by hand, newest usable first.
+    assert reg.save(model, CFG, promote=False) == 1
     h = Harness(reg.path)
     h.serving.start()
     assert h.version == 1
@@ -191,7 +192,7 @@ def test_newest_whole_version_is_served_while_a_newer_one_is_copied(
     harness: Harness, staged: Path, model: keras.Model
 ) -> None:
     reg = harness.serving.registry
-    assert reg.save(model, CFG) == 2
+    assert reg.save(model, CFG, promote=False) == 2  # still no pointer
     reg.version_path(3).mkdir()  # a hand copy in progress
     harness.check()
     assert harness.version == 2
@@ -205,7 +206,7 @@ def test_start_up_skips_a_version_that_is_still_being_copied(
     tmp_path: Path, model: keras.Model
 ) -> None:
     reg = ModelRegistry(tmp_path / "registry")
-    reg.save(model, CFG)
+    reg.save(model, CFG, promote=False)  # no pointer: newest usable first
     reg.version_path(2).mkdir()
     h = Harness(reg.path)
     h.serving.start()
