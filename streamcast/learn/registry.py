@@ -1,42 +1,35 @@
 """Versioned models on disk: ``v000001/{model.keras, meta.json}``, written atomically,
-and ``current.json``, the pointer to the version daemons serve.
+and retention; which version daemons serve is ``current.json`` (``pointer``).
 
 A version directory appears in one ``os.rename`` of a finished temporary directory, so a
 reader never sees half a model; two writers racing for the same number both succeed, the
 loser simply takes the next number. Versions are immutable once they appear.
 
-Which version is served is decided by the pointer, not by the version numbers: a new
-version can be saved without being served (``save(promote=False)``) and promoted after a
-check, and a bad promotion is undone with ``rollback``, which goes back to the version
-served before (the pointer keeps a short history of them). The pointer is replaced in one
-rename, so a reader sees the old or the new one. A registry without a pointer (made by
-hand, or by an older streamcast) serves its newest usable version. After each promotion
-all but the newest ``keep`` versions are removed, except the current one and its history.
+A new version can be saved without being served (``save(promote=False)``) and promoted
+after a check; ``rollback`` goes back to the version served before. A registry without a
+pointer (made by hand, or by an older streamcast) serves its newest usable version. After
+each promotion all but the newest ``keep`` versions are removed, except the current one
+and its history.
 
 A version copied in by hand (``cp -r``, ``rsync``) is not atomic: its directory appears
-before its files. ``load`` names what is wrong (no meta.json yet, a truncated model.keras,
-a checksum that does not match) and raises ``IncompleteVersionError`` while a file is still
-missing; ``fingerprint`` (two ``stat`` calls) tells a poller when the files changed, so a
-rejected version is tried again once its copy finished. ``promote`` refuses a version that
-would not load, naming why.
+before its files. ``load`` names what is wrong (``archive`` checks the model file) and
+raises ``IncompleteVersionError`` while a file is still missing; ``fingerprint`` (two
+``stat`` calls) tells a poller when the files changed, so a rejected version is tried
+again once its copy finished. ``promote`` refuses a version that would not load.
 """
 
 from __future__ import annotations
 
 import errno
-import getpass
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import uuid
-import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,64 +40,51 @@ from pydantic import ValidationError
 import streamcast
 from streamcast.config import ModelSpec
 from streamcast.errors import ModelMismatchError, RegistryError
+from streamcast.learn.archive import (
+    META_FILE,
+    MODEL_FILE,
+    IncompleteVersionError,
+    read_meta,
+    sha256,
+    verify_model_file,
+)
+from streamcast.learn.pointer import (
+    HISTORY,
+    POINTER_FILE,
+    TMP_PREFIX,
+    Pointer,
+    Promotion,
+    fsync,
+    history_after,
+    read_pointer,
+    serving_order,
+    write_pointer,
+)
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "HISTORY",
+    "META_FILE",
+    "MODEL_FILE",
+    "POINTER_FILE",
+    "Fingerprint",
+    "IncompleteVersionError",
+    "LoadedModel",
+    "ModelRegistry",
+    "Pointer",
+    "Promotion",
+    "serving_order",
+]
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-META_FILE = "meta.json"
-POINTER_FILE = "current.json"
-#: Versions served before the current one that the pointer remembers for ``rollback``
-#: (at most ``keep - 1``, so that retention can keep its promise).
-HISTORY = 5
 DEFAULT_KEEP = 10
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
-_TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 3600.0
 _CHECKED_FIELDS = ("num_steps", "num_features", "horizon")
-_KERAS_CONFIG = "config.json"  # every Keras 3 ``.keras`` archive holds one
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: (file name, size in bytes, mtime in ns) of each of a version's files that exists.
 Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-class IncompleteVersionError(RegistryError):
-    """A version directory without its meta.json or model.keras (yet): a copy in progress?
-
-    Writers of this package never leave one (they rename a finished directory into
-    place); a hand copy does until it finishes, so a poller may wait for it.
-    """
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """The contents of ``current.json``: the served version and the ones served before
-    it, most recent first (what ``rollback`` goes back to)."""
-
-    current: int
-    previous: tuple[int, ...] = ()
-    changed: str = ""  # when, ISO 8601 UTC
-    action: str = ""  # save, promote or rollback
-    by: str = ""  # user@host pid
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "current": self.current,
-            "previous": list(self.previous),
-            "changed": self.changed,
-            "action": self.action,
-            "by": self.by,
-        }
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What a promotion changed: the version served before (None: no pointer yet) and the
-    versions retention removed."""
-
-    current: int
-    previous: int | None
-    removed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,24 +94,6 @@ class LoadedModel:
     meta: dict[str, Any]
     version: int
     path: Path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; durability is best effort
-        pass
-    finally:
-        os.close(fd)
 
 
 class ModelRegistry:
@@ -172,33 +134,7 @@ class ModelRegistry:
 
         Raises RegistryError naming the file when it is not one streamcast wrote.
         """
-        path = self.path / POINTER_FILE
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"cannot read the registry pointer {path}: {exc}") from exc
-        try:
-            data = json.loads(text)
-            current = data["current"]
-            previous = data.get("previous", [])
-            if not isinstance(previous, list):
-                raise TypeError("previous must be a list of versions")
-            if not _is_version(current) or not all(_is_version(v) for v in previous):
-                raise TypeError("versions must be positive integers")
-            return Pointer(
-                current=current,
-                previous=tuple(previous),
-                changed=str(data.get("changed", "")),
-                action=str(data.get("action", "")),
-                by=str(data.get("by", "")),
-            )
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise RegistryError(
-                f"registry pointer {path} is not valid ({type(exc).__name__}: {exc}); "
-                "`streamcast models promote N` writes a new one"
-            ) from exc
+        return read_pointer(self.path)
 
     def current(self) -> int | None:
         """The version the pointer names (served by daemons); None without a pointer."""
@@ -237,7 +173,7 @@ class ModelRegistry:
                 logger.warning("rollback skips model version %d: %s", version, exc)
                 skipped.append(f"version {version}: {exc}")
                 continue
-            self._write_pointer(version, pointer.previous[i + 1 :], "rollback")
+            write_pointer(self.path, version, pointer.previous[i + 1 :], "rollback")
             logger.info("rolled back model version=%d from=%d", version, pointer.current)
             return version
         if not skipped:
@@ -265,7 +201,7 @@ class ModelRegistry:
         doomed = [v for v in self.versions()[: -self.keep] if v not in protected]
         removed = [v for v in doomed if self._remove(v)]
         if removed:
-            _fsync(self.path)
+            fsync(self.path)
             logger.info("retention removed model versions=%s keep=%d", removed, self.keep)
         return removed
 
@@ -277,12 +213,8 @@ class ModelRegistry:
             pointer = Pointer(current=others[-1]) if others else None
         if pointer is not None and pointer.current == version:
             return Promotion(version, version)
-        previous: tuple[int, ...] = ()
-        if pointer is not None:
-            history = [pointer.current, *pointer.previous]
-            depth = min(HISTORY, self.keep - 1)
-            previous = tuple(_unique(v for v in history if v != version))[:depth]
-        self._write_pointer(version, previous, action)
+        previous = history_after(pointer, version, min(HISTORY, self.keep - 1))
+        write_pointer(self.path, version, previous, action)
         logger.info(
             "promoted model version=%d previous=%s",
             version,
@@ -291,32 +223,10 @@ class ModelRegistry:
         removed = self.prune()
         return Promotion(version, pointer.current if pointer is not None else None, tuple(removed))
 
-    def _write_pointer(self, current: int, previous: Iterable[int], action: str) -> None:
-        """Replace the pointer in one rename (temp file, fsync, rename, fsync the dir)."""
-        pointer = Pointer(
-            current=current,
-            previous=tuple(previous),
-            changed=datetime.now(UTC).isoformat(timespec="seconds"),
-            action=action,
-            by=f"{_user()}@{socket.gethostname()} pid {os.getpid()}",
-        )
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + "current-", dir=self.path)
-        try:
-            os.fchmod(fd, 0o644)  # daemons may run as another user (mkstemp makes it 0600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(pointer.as_dict(), indent=2) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path / POINTER_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync(self.path)
-
     def _remove(self, version: int) -> bool:
         """Rename a version out of sight, then delete it; False if it was gone already."""
         vdir = self.version_path(version)
-        hidden = self.path / f"{_TMP_PREFIX}removed-{vdir.name}-{uuid.uuid4().hex[:8]}"
+        hidden = self.path / f"{TMP_PREFIX}removed-{vdir.name}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(vdir, hidden)
         except FileNotFoundError:
@@ -342,11 +252,11 @@ class ModelRegistry:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self._sweep_stale()
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.path))
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.path))
         try:
             model_file = tmp / MODEL_FILE
             model.save(str(model_file))
-            _fsync(model_file)
+            fsync(model_file)
             meta: dict[str, Any] = {
                 "version": 0,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -354,15 +264,15 @@ class ModelRegistry:
                 "model_config": cfg.model_dump(mode="json"),
                 "data_range": dict(data_range) if data_range is not None else None,
                 "metrics": dict(metrics) if metrics is not None else None,
-                "sha256": _sha256(model_file),
+                "sha256": sha256(model_file),
             }
             version = (self.latest() or 0) + 1
             while True:
                 meta["version"] = version
                 meta_file = tmp / META_FILE
                 meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-                _fsync(meta_file)
-                _fsync(tmp)
+                fsync(meta_file)
+                fsync(tmp)
                 try:
                     os.rename(tmp, self.version_path(version))
                 except OSError as exc:
@@ -375,7 +285,7 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync(self.path)
+        fsync(self.path)
         logger.info("saved model version=%d path=%s", version, self.version_path(version))
         if promote:
             self._promote(version, "save")
@@ -399,32 +309,7 @@ class ModelRegistry:
 
     def meta(self, version: int) -> dict[str, Any]:
         """A version's meta.json (cheap: no model load)."""
-        vdir = self.version_path(version)
-        path = vdir / META_FILE
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            if not vdir.is_dir():
-                raise RegistryError(f"no model version {version} in {self.path}") from None
-            raise IncompleteVersionError(
-                f"model version {version} has no {META_FILE} (copy incomplete?): {vdir}"
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"model version {version}: cannot read {path}: {exc}") from exc
-        if not text.strip():
-            raise IncompleteVersionError(
-                f"model version {version}: {path} is empty (copy incomplete?)"
-            )
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise RegistryError(
-                f"model version {version}: {path} is not valid JSON ({exc}); "
-                "truncated, or not written by streamcast?"
-            ) from exc
-        if not isinstance(data, dict):
-            raise RegistryError(f"model version {version}: {path} does not hold a JSON object")
-        return data
+        return read_meta(self.version_path(version), version)
 
     def verify(
         self, version: int, expect: ModelSpec | None = None
@@ -449,25 +334,7 @@ class ModelRegistry:
                         f"model version {version} has {name}={stored} but the configuration "
                         f"expects {name}={wanted}"
                     )
-        model_file = vdir / MODEL_FILE
-        expected = meta.get("sha256")
-        if not isinstance(expected, str) or not _SHA256_RE.match(expected):
-            raise RegistryError(
-                f"model version {version}: {vdir / META_FILE} records no valid sha256 "
-                f"(got {expected!r}); an unverified model is never loaded"
-            )
-        _check_archive(model_file, version)
-        try:
-            digest = _sha256(model_file)
-        except OSError as exc:
-            raise RegistryError(
-                f"model version {version}: cannot read {model_file}: {exc}"
-            ) from exc
-        if digest != expected:
-            raise RegistryError(
-                f"model version {version}: checksum mismatch for {model_file}: sha256 {digest}, "
-                f"meta.json records {expected} (file changed or replaced after it was saved)"
-            )
+        verify_model_file(vdir, version, meta.get("sha256"))
         return meta, cfg
 
     def load(self, version: int | None = None, expect: ModelSpec | None = None) -> LoadedModel:
@@ -503,7 +370,7 @@ class ModelRegistry:
         """Remove temporary files and directories left by writers that died mid-write."""
         now = time.time()
         for entry in os.scandir(self.path):
-            if not entry.name.startswith(_TMP_PREFIX):
+            if not entry.name.startswith(TMP_PREFIX):
                 continue
             try:
                 if now - entry.stat(follow_symlinks=False).st_mtime <= _STALE_TMP_S:
@@ -514,72 +381,6 @@ class ModelRegistry:
                     os.unlink(entry.path)
             except OSError:
                 continue
-
-
-def serving_order(pointer: Pointer | None, versions: Iterable[int]) -> list[int]:
-    """The versions a daemon tries at start-up, first choice first.
-
-    With a pointer: the current version, then the versions served before it (known
-    good), then the other versions below it, newest first, then those above it (saved
-    but never promoted), newest first. Without one: newest first.
-    """
-    present = sorted(set(versions), reverse=True)
-    if pointer is None:
-        return present
-    found = set(present)
-    below = [v for v in present if v < pointer.current]
-    above = [v for v in present if v > pointer.current]
-    history = [v for v in pointer.previous if v in found]
-    return list(_unique([pointer.current, *history, *below, *above]))
-
-
-def _unique(items: Iterable[int]) -> list[int]:
-    return list(dict.fromkeys(items))
-
-
-def _is_version(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment (a container without passwd)
-        return "?"
-
-
-def _check_archive(path: Path, version: int) -> None:
-    """Refuse a model.keras that is missing, truncated or not a Keras archive, by its zip
-    directory alone (cheap, and before anything is deserialised)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise IncompleteVersionError(
-            f"model version {version} has no {MODEL_FILE} (copy incomplete?): {path.parent}"
-        ) from None
-    except OSError as exc:
-        raise RegistryError(f"model version {version}: cannot read {path}: {exc}") from exc
-    if size == 0:
-        raise RegistryError(f"model version {version}: {path} is empty (truncated copy?)")
-    # A .keras file is a zip archive; its directory sits at the end, so a file cut short
-    # (a copy still running, a full disk) has none.
-    try:
-        if not zipfile.is_zipfile(path):
-            raise RegistryError(
-                f"model version {version}: {path} ({size} bytes) is not a Keras archive: "
-                "no zip directory at its end (truncated, or a copy still running?)"
-            )
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise RegistryError(
-            f"model version {version}: {path} is not a readable Keras archive ({exc}); truncated?"
-        ) from exc
-    if _KERAS_CONFIG not in names:
-        raise RegistryError(
-            f"model version {version}: {path} is a zip archive but not a Keras one "
-            f"(no {_KERAS_CONFIG} inside)"
-        )
 
 
 def _load_keras(path: Path) -> Any:

@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 
 from streamcast.config import ModelSpec
-from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
+from streamcast.learn.archive import META_FILE, MODEL_FILE
+from streamcast.learn.registry import ModelRegistry
 
 CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
 

@@ -13,15 +13,9 @@ import pytest
 from streamcast.config import Settings
 from streamcast.errors import RegistryError
 from streamcast.learn import registry as registry_module
-from streamcast.learn.registry import (
-    HISTORY,
-    MODEL_FILE,
-    POINTER_FILE,
-    IncompleteVersionError,
-    ModelRegistry,
-    Pointer,
-    serving_order,
-)
+from streamcast.learn.archive import MODEL_FILE, IncompleteVersionError
+from streamcast.learn.pointer import HISTORY, POINTER_FILE, Pointer, serving_order
+from streamcast.learn.registry import ModelRegistry
 
 from .fake_versions import CFG, FakeModel, add_version, corrupt
 
