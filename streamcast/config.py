@@ -244,10 +244,45 @@ class TrainingSettings(_Section):
     threads: int = Field(
         1, ge=1, description="CPU threads the trainer may use (capped by the CPUs available)"
     )
+    online: bool = Field(
+        True,
+        description="retrain while serving (one replica per registry, by its lease); "
+        "false when `streamcast train --follow` does the training",
+    )
+    interval_s: float = Field(
+        3_600.0, gt=0, description="seconds between retrainings once a model is served"
+    )
+    every_examples: int = Field(
+        1_000_000,
+        ge=1,
+        description="retrain sooner than interval_s once this many new examples have arrived",
+    )
+    min_improvement: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="a retrained model replaces the served one only if its held-out MAE is "
+        "lower by this fraction (and lower than persistence's)",
+    )
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=0.9,
+        description="most recent share of each sensor's examples held out to judge a "
+        "retrained model, never trained on",
+    )
+    timeout_s: float = Field(
+        900.0, gt=0, description="a retraining still running after this long is stopped"
+    )
     history_bytes: int = Field(
         64 * 2**20,
         ge=2**20,
         description="memory for the readings gathered to train the first model",
+    )
+    replay_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="memory for the recent readings that retraining replays",
     )
 
 

@@ -189,8 +189,13 @@ def train(
     *,
     progress: bool = True,
     timestamps: Sequence[np.ndarray] | None = None,
+    initial: keras.Model | None = None,
 ) -> TrainResult:
-    """Train a forecaster on ``series`` (each (n, F)) and score it on their later part."""
+    """Train a forecaster on ``series`` (each (n, F)) and score it on their later part.
+
+    ``initial``: a model of the same spec to start from (a retraining warm-starts from
+    the served model, so it refines what works instead of starting over).
+    """
     if not series:
         raise ValueError("no series to train on")
     for i, s in enumerate(series):
@@ -208,6 +213,8 @@ def train(
     limit_threads(settings.threads)
     keras.utils.set_random_seed(settings.random_seed)
     model = build_forecaster(cfg)
+    if initial is not None:
+        model.set_weights(initial.get_weights())
     trainer = _training_model(model, cfg)
     trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mae")
     x, y = _scaled_inputs(split.train, split.scale)

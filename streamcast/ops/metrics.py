@@ -49,6 +49,17 @@ class _LagCollector(Collector):
         yield family
 
 
+#: Every value of streamcast_retrains_total's outcome label.
+RETRAIN_OUTCOMES = (
+    "promoted",
+    "not_better",
+    "worse_than_persistence",
+    "non_finite_loss",
+    "training_failed",
+    "timed_out",
+)
+
+
 class Metrics:
     """The daemon's metrics. One instance per daemon, registered on ``registry``."""
 
@@ -131,6 +142,41 @@ class Metrics:
         )
         self.ready = Gauge(
             "streamcast_ready", "1 when the daemon is ready to forecast.", registry=r
+        )
+        # The model's lifecycle: swaps, retraining and what the served model scores live.
+        self.model_swaps = Counter(
+            "streamcast_model_swaps",
+            "Model versions swapped in while running (promotions and rollbacks).",
+            registry=r,
+        )
+        self.retrains = Counter(
+            "streamcast_retrains",
+            "Retrainings by outcome: promoted, or the reason the challenger was rejected.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RETRAIN_OUTCOMES:
+            self.retrains.labels(outcome)
+        self.retrain_seconds = Histogram(
+            "streamcast_retrain_seconds",
+            "Wall time of a retraining, from start to verdict.",
+            buckets=(10, 30, 60, 120, 300, 600, 900, 1800, 3600),
+            registry=r,
+        )
+        self.replay_examples = Gauge(
+            "streamcast_replay_examples",
+            "Training examples the replay buffer holds for the next retraining.",
+            registry=r,
+        )
+        self.replay_bytes = Gauge(
+            "streamcast_replay_bytes", "Memory the replay buffer holds.", registry=r
+        )
+        self.forecast_mae = Gauge(
+            "streamcast_forecast_mae",
+            "Live MAE of scored forecasts over a recent sample, by horizon bucket and "
+            "forecaster (the served model, and persistence on the same readings).",
+            ["horizon_bucket", "forecaster"],
+            registry=r,
         )
         self._lag = _LagCollector()
         r.register(self._lag)

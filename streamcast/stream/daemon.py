@@ -30,6 +30,7 @@ from streamcast.stream.delivery import Delivery
 from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
 from streamcast.stream.offsets import Offsets
 from streamcast.stream.rebuild import WindowRebuild
+from streamcast.stream.retraining import Retraining
 from streamcast.stream.serving import Serving
 from streamcast.stream.sink import KafkaSink
 from streamcast.stream.source import KafkaSource
@@ -81,6 +82,7 @@ class Daemon:
             resume_input=self._resume_after_training,
             status=self._status,
         )
+        self.retraining = Retraining(settings, self.metrics, lambda: self.serving.version)
         self._ready_sent = False
         self._floods = RateLimited(60.0)  # dead letters by reason
         #: Called at the top of every loop iteration; tests use it to stall the loop.
@@ -105,6 +107,7 @@ class Daemon:
                 logger.debug("startup failure", exc_info=True)
                 try:
                     self.serving.stop()
+                    self.retraining.stop()
                     self._resources.close()
                 except Exception:
                     logger.debug("cleaning up after the failed start-up", exc_info=True)
@@ -209,6 +212,7 @@ class Daemon:
                     extra={"ctx": self._ctx()},
                 )
         self.serving.stop()
+        self.retraining.stop()
         self._resources.close()
         self.notifier.close()
         logger.info("streamcast stopped")
@@ -222,8 +226,11 @@ class Daemon:
         letters += appended.dead_letters(records, readings)
         self._count(readings, letters, appended)
         self.publish_dead_letters(letters)
-        if self.serving.gathering:
-            self.serving.observe(readings.take(appended.accepted(len(readings))))
+        if self.serving.gathering or self.retraining.trainer:
+            accepted = readings.take(appended.accepted(len(readings)))
+            if self.serving.gathering:
+                self.serving.observe(accepted)
+            self.retraining.observe(accepted)  # the replay buffer, if this one trains
         if len(appended):
             self.batcher.add(Ready.of(readings, appended), time.monotonic())
         self.offsets.processed_up_to(records)
@@ -284,8 +291,9 @@ class Daemon:
         self.delivery.deliver(self.batcher.first_offsets() if served else None, timeout_s)
 
     def maintain(self) -> None:
-        """The model's lifecycle, then readiness."""
+        """The model's lifecycle (swaps, the first model, retraining), then readiness."""
         self.serving.maintain()
+        self.retraining.maintain()
         ready = self.serving.served is not None and self.health.partitions > 0
         self.metrics.ready.set(1 if ready else 0)
         if ready and not self._ready_sent:
