@@ -24,6 +24,7 @@ from streamcast.ops.logs import RateLimited
 from streamcast.ops.metrics import Metrics
 from streamcast.ops.notify import Notifier
 from streamcast.ops.probes import Health, HttpServer
+from streamcast.stream.accuracy import LiveAccuracy
 from streamcast.stream.batcher import Batcher, Ready
 from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
 from streamcast.stream.delivery import Delivery
@@ -44,6 +45,7 @@ EXIT_FATAL = 1
 EXIT_STARTUP = 3
 
 _IDLE_POLL_S = 0.5
+_ACCURACY_EXPORT_S = 5.0
 
 
 class Daemon:
@@ -74,6 +76,8 @@ class Daemon:
         self.metrics.window_capacity.set(self.store.capacity)
         self.batcher = Batcher(settings.inference.max_batch, settings.inference.max_wait_ms / 1000)
         self.offsets = Offsets()
+        self.accuracy = LiveAccuracy(self.spec.horizon, self.spec.num_features)
+        self._accuracy_due = 0.0
         self.serving = Serving(
             settings,
             self.store,
@@ -223,6 +227,7 @@ class Daemon:
         """Decode, update windows, queue ready windows, dead-letter the rest."""
         readings, letters = self.decode(records)
         appended = self.store.append(readings, emit=self.serving.served is not None)
+        self.accuracy.observed(readings)  # score earlier forecasts these readings cover
         letters += appended.dead_letters(records, readings)
         self._count(readings, letters, appended)
         self.publish_dead_letters(letters)
@@ -257,17 +262,21 @@ class Daemon:
         self.publish_dead_letters(letters)
         if not len(batch):
             return
+        version = self.serving.served.version
         values = encode_forecasts(
             batch.sensors,
             batch.ts,
             batch.step_s,
             forecast,
             issued_at=time.time(),
-            model_version=self.serving.served.version,
+            model_version=version,
             seed=self.spec.seeding,
         )
         last = self.sink.send_forecasts([s.encode() for s in batch.sensors], values)
         self.delivery.sent(batch.log_ts, last)
+        self.accuracy.issued(
+            batch.sensors, batch.ts, batch.step_s, forecast, batch.windows[:, -1, :], version
+        )
 
     def publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         if not letters:
@@ -294,6 +303,10 @@ class Daemon:
         """The model's lifecycle (swaps, the first model, retraining), then readiness."""
         self.serving.maintain()
         self.retraining.maintain()
+        now = time.monotonic()
+        if now >= self._accuracy_due:  # from the loop: never while observed() writes
+            self.accuracy.export(self.metrics)
+            self._accuracy_due = now + _ACCURACY_EXPORT_S
         ready = self.serving.served is not None and self.health.partitions > 0
         self.metrics.ready.set(1 if ready else 0)
         if ready and not self._ready_sent:
