@@ -2,7 +2,9 @@
 
 Liveness means the main loop is turning: it beats on every iteration, and a loop
 stuck in a call that never returns stops beating. Readiness means forecasts can
-flow: a model is loaded, partitions are assigned and the broker is reachable.
+flow: a model is loaded, partitions are assigned and the broker is reachable. While
+not ready for a long time (the first model's history is gathered from the stream, then
+trained) ``/readyz`` also says what the daemon waits for, and how far it got.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,9 +33,17 @@ class Health:
     broker_reachable: Callable[[], bool] = field(default=lambda: False)
     phase: str = "starting"
     _heartbeat: float = field(default_factory=time.monotonic)
+    # (what the daemon waits for, its progress): one attribute, so a reader on an HTTP
+    # thread never sees the reason of one update with the progress of another.
+    _waiting: tuple[str, dict[str, int]] | None = None
 
     def beat(self) -> None:
         self._heartbeat = time.monotonic()
+
+    def waiting_for(self, reason: str | None, progress: Mapping[str, int] | None = None) -> None:
+        """Say what readiness waits for (None: nothing any more), e.g. ``("gathering
+        history for the first model", {"examples": 120, "needed": 200, "sensors": 3})``."""
+        self._waiting = None if reason is None else (reason, dict(progress or {}))
 
     def heartbeat_age_s(self) -> float:
         return time.monotonic() - self._heartbeat
@@ -57,7 +67,13 @@ class Health:
         if not reachable:
             reasons.append("broker_unreachable")
         if reasons:
-            return 503, {"status": "not_ready", "reasons": reasons, "phase": self.phase}
+            body: dict[str, Any] = {"status": "not_ready", "reasons": reasons, "phase": self.phase}
+            waiting = self._waiting
+            if waiting is not None:
+                body["waiting_for"] = waiting[0]
+                if waiting[1]:
+                    body["progress"] = waiting[1]
+            return 503, body
         return 200, {
             "status": "ready",
             "model_version": self.model_version,

@@ -85,9 +85,11 @@ class Daemon:
             pause_input=self._pause_for_training,
             resume_input=self._resume_after_training,
             status=self._status,
+            on_swapped=self._swapped,
+            waiting=self.health.waiting_for,
         )
         self.retraining = Retraining(settings, self.metrics, lambda: self.serving.version)
-        self._ready_sent = False
+        self._forecasting = False
         self._floods = RateLimited(60.0)  # dead letters by reason
         #: Called at the top of every loop iteration; tests use it to stall the loop.
         self.loop_hook: Callable[[], None] | None = None
@@ -181,6 +183,14 @@ class Daemon:
         self.metrics.sensors.set_function(lambda: len(self.store))
         self.serving.start()  # load, compile and warm the model (not counted in the deadline)
         self.health.beat()
+        # Started: the loop runs from here on. Not ready to forecast yet (/readyz says what
+        # it waits for), but a daemon gathering its first model's history for hours is
+        # healthy, and the service manager must not time its start-up out.
+        self.notifier.ready(
+            "gathering history for the first model"
+            if self.serving.gathering
+            else "started: waiting for partitions"
+        )
 
     def should_exit(self) -> bool:
         return self.stop.is_set()
@@ -257,12 +267,12 @@ class Daemon:
         assert self.serving.served is not None
         started = time.perf_counter()
         self.metrics.batch_size.observe(len(batch))
-        batch, forecast, letters = self.serving.forecast(batch)
+        done = self.serving.forecast_batch(batch)  # one version per batch, named
+        batch, forecast, version = done.batch, done.values, done.version
         self.metrics.inference.observe(time.perf_counter() - started)
-        self.publish_dead_letters(letters)
+        self.publish_dead_letters(done.letters)
         if not len(batch):
             return
-        version = self.serving.served.version
         values = encode_forecasts(
             batch.sensors,
             batch.ts,
@@ -309,10 +319,10 @@ class Daemon:
             self._accuracy_due = now + _ACCURACY_EXPORT_S
         ready = self.serving.served is not None and self.health.partitions > 0
         self.metrics.ready.set(1 if ready else 0)
-        if ready and not self._ready_sent:
-            self._ready_sent = True
+        if ready and not self._forecasting:
+            self._forecasting = True
             self.health.phase = "forecasting"
-            self.notifier.ready(f"forecasting with model version {self.serving.version}")
+            self.notifier.status(f"forecasting with model version {self.serving.version}")
 
     def heartbeat(self) -> None:
         self.health.beat()
@@ -323,6 +333,11 @@ class Daemon:
     def _model_loaded(self, version: int, seconds: float) -> None:
         self.metrics.set_model(version, seconds)
         self.health.model_version = version
+
+    def _swapped(self, old: int, new: int) -> None:
+        self.metrics.model_swaps.inc()
+        if self._forecasting:
+            self.notifier.status(f"forecasting with model version {new} (was {old})")
 
     def _status(self, phase: str, status: str) -> None:
         self.health.phase = phase

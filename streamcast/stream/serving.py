@@ -1,37 +1,32 @@
-"""The model lifecycle inside the daemon: load, warm, hot swap, and the first model.
+"""Which model answers, and how the next one gets there: start-up, hot swap, rollback.
 
-With a model in the registry the daemon serves the version its ``current`` pointer
-names and checks the pointer every few seconds; when it names another version (a
-promotion, or a rollback to an older one) that version is loaded, compiled and warmed,
-then swapped in between batches. A bad version is logged and skipped until its files
-change (a hand copy that finished), and one whose files are still missing is waited for
-quietly (``INCOMPLETE_GRACE_S``). If the current version is unusable at start-up the
-daemon serves the best one that is (``serving_order``) and exits only when none is. A
-registry without a pointer is served as before pointers existed: its newest usable
-version, swapping to any newer one. With an empty registry it gathers history from the
-stream and trains version 1 in a spawned process while the loop keeps polling.
+The daemon serves the version the registry's ``current`` pointer names (without a pointer:
+the newest usable one) and checks the pointer every few seconds. Another version named
+there (a promotion, a rollback) is loaded, compiled and warmed on a worker thread while
+the loop keeps polling and heartbeating, and swapped in between batches: a batch is
+forecast by one version, which it names. One load at a time; a bad version is skipped
+until its files change, one still being copied is waited for (``INCOMPLETE_GRACE_S``).
+At start-up an unusable current version gives way to the best usable one
+(``serving_order``). An empty registry trains version 1 first (``stream.bootstrap``).
 
-TensorFlow is imported here only when a model is loaded, through
-``streamcast.model``.
+A model is used by one thread at a time: the worker loads and warms it, the loop uses
+it once swapped in. TensorFlow is imported only when a model loads (``streamcast.model``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from streamcast.config import Settings
 from streamcast.errors import ModelMismatchError, RegistryError, StartupError
-from streamcast.learn.cpus import available_cpus
-from streamcast.learn.examples import split_sizes
-from streamcast.learn.history import History
-from streamcast.learn.job import TrainingJob
 from streamcast.learn.registry import (
     Fingerprint,
     IncompleteVersionError,
@@ -40,6 +35,7 @@ from streamcast.learn.registry import (
     serving_order,
 )
 from streamcast.stream.batcher import Ready
+from streamcast.stream.bootstrap import Bootstrap, Waiting
 from streamcast.stream.messages import DeadLetter, Readings, RebuiltRecord, encode_reading
 from streamcast.stream.windows import WindowStore
 
@@ -56,17 +52,40 @@ INCOMPLETE_GRACE_S = 120.0
 
 @dataclass
 class Served:
-    """The model currently answering: its version and compiled predictor."""
+    """A model ready to answer: its version and compiled, warmed predictor."""
 
     version: int
     predictor: Predictor
+    load_seconds: float = 0.0
+
+
+class Forecasts(NamedTuple):
+    """A batch's outcome: the windows forecast, their forecasts, the dead letters of the
+    windows that could not be, and the version that made every one of them."""
+
+    batch: Ready
+    values: np.ndarray
+    letters: list[DeadLetter]
+    version: int
+
+
+@dataclass
+class _Load:
+    """A version loading on its worker thread; the loop reads only ``future``."""
+
+    version: int
+    fingerprint: Fingerprint
+    future: Future[Served]
+    thread: threading.Thread
 
 
 class Serving:
     """Which model version answers, and how the next one gets there.
 
-    ``on_loaded(version, seconds, device)`` reports every model put into service;
-    ``pause_input`` / ``resume_input`` hold the input while version 1 trains.
+    ``on_loaded(version, seconds)`` reports every model put into service,
+    ``on_swapped(old, new)`` every hot swap while running (promotions and rollbacks);
+    ``pause_input`` / ``resume_input``, ``status`` and ``waiting`` serve version 1's
+    bootstrap (``stream.bootstrap``).
     """
 
     def __init__(
@@ -78,36 +97,45 @@ class Serving:
         pause_input: Callable[[], None],
         resume_input: Callable[[], None],
         status: Callable[[str, str], None],
+        on_swapped: Callable[[int, int], None] | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
         self.settings = settings
         self.spec = settings.model
         self.store = store
         self.registry = ModelRegistry(settings.registry.path, keep=settings.registry.keep)
         self.served: Served | None = None
-        self.history: History | None = None
-        self.training: TrainingJob | None = None
+        self.bootstrap: Bootstrap | None = None
         self._on_loaded = on_loaded
+        self._on_swapped = on_swapped or (lambda old, new: None)
         self._pause_input = pause_input
         self._resume_input = resume_input
         self._status = status
+        self._waiting: Waiting = waiting or (lambda reason, progress: None)
+        self._loading: _Load | None = None  # the one load in flight
         self._next_check = 0.0
         self._rejected_version = 0  # the newest version rejected so far (0: none)
         # version -> its files' fingerprint when rejected: tried again once they change
         self._rejected: dict[int, Fingerprint] = {}
-        # version -> (fingerprint, since): incomplete, waited for while its files change
-        self._incomplete: dict[int, tuple[Fingerprint, float]] = {}
+        # version -> (fingerprint, since, why): incomplete, waited for while its files change
+        self._incomplete: dict[int, tuple[Fingerprint, float, str]] = {}
         self._pointer_error = ""  # the last unreadable-pointer error logged (once each)
         #: Monotonic seconds; tests replace it to step through the registry checks.
         self.clock: Callable[[], float] = time.monotonic
 
     @property
     def gathering(self) -> bool:
-        """True while history for the first model is being gathered."""
-        return self.history is not None
+        """True until version 1, trained from the stream, is served."""
+        return self.bootstrap is not None
 
     @property
     def version(self) -> int | None:
         return self.served.version if self.served is not None else None
+
+    @property
+    def loading(self) -> int | None:
+        """The version loading in the background, if any."""
+        return self._loading.version if self._loading is not None else None
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -118,22 +146,16 @@ class Serving:
         if versions:
             self._serve_first_usable(versions)
             return
-        s = self.settings
-        logger.info(
-            "registry %s is empty: gathering %d training examples from the stream",
-            s.registry.path,
-            s.training.bootstrap_windows,
+        self.bootstrap = Bootstrap(
+            self.settings,
+            self.registry,
+            pause_input=self._pause_input,
+            resume_input=self._resume_input,
+            status=self._status,
+            waiting=self._waiting,
+            clock=lambda: self.clock(),
         )
-        span = self.spec.num_steps + 1 + self.spec.horizon
-        self.history = History(
-            self.spec.num_features,
-            # enough for a chronological validation part of its own per sensor
-            max_per_sensor=math.ceil(2 * span / s.training.validation_fraction),
-            max_bytes=s.training.history_bytes,
-            span=span,
-            gap_factor=s.window.gap_factor,
-        )
-        self._status("bootstrap", "gathering history to train the first model")
+        self.bootstrap.begin()
 
     def _serve_first_usable(self, versions: list[int]) -> None:
         """Try the versions in ``serving_order``; the first that loads is served.
@@ -159,7 +181,7 @@ class Serving:
             except RegistryError as exc:
                 level = logging.ERROR
                 if isinstance(exc, IncompleteVersionError):
-                    self._incomplete[version] = (fingerprint, now)
+                    self._incomplete[version] = (fingerprint, now, str(exc))
                     level = logging.WARNING  # a copy in progress, most likely
                 else:
                     self._rejected[version] = fingerprint
@@ -191,29 +213,38 @@ class Serving:
 
     def observe(self, readings: Readings) -> None:
         """Accepted readings, kept while the first model's history is gathered."""
-        if self.history is not None and len(readings):
-            self.history.add(readings)
+        if self.bootstrap is not None:
+            self.bootstrap.observe(readings)
 
     def maintain(self) -> None:
-        """Advance the first model's training, or swap in a newer version."""
-        if self.served is None:
-            self._bootstrap()
-            return
+        """Swap in a version whose load finished, advance the first model's bootstrap, or
+        check the registry and start loading another version. Never waits for a load."""
         now = self.clock()
-        if now < self._next_check:
+        if self._loading is not None:
+            if not self._loading.future.done():
+                return
+            self._collect(now)
+        if self.bootstrap is not None:
+            first = self.bootstrap.advance()
+            if first is not None and self._loading is None:
+                self._load_in_background(first, self.registry.fingerprint(first))
             return
-        self._next_check = now + REGISTRY_CHECK_S
-        self._check_registry(now)
+        if self._loading is None and now >= self._next_check:
+            self._next_check = now + REGISTRY_CHECK_S
+            self._check_registry(now)
 
-    def forecast(self, batch: Ready) -> tuple[Ready, np.ndarray, list[DeadLetter]]:
-        """(windows forecast, their forecasts, dead letters of windows that could not be).
+    def forecast_batch(self, batch: Ready) -> Forecasts:
+        """Forecast a batch with the serving version, naming it.
 
         A window the model cannot forecast on its own (its inference fails, or its
         forecast is not finite) is dead-lettered; the rest of the batch goes on. When
         no window of a batch of several can be forecast, the failure is not tied to a
         record (a broken model, an exhausted device) and is raised.
         """
+        served = self.served
+        assert served is not None
         rows, forecast, failed = self._bisect(batch, np.arange(len(batch)))
+        assert self.served is served  # swaps happen in maintain(), between batches
         if failed and not len(rows) and len(batch) > 1:
             raise failed[0][1]
         letters = [
@@ -224,7 +255,7 @@ class Serving:
         for i in rows[~finite].tolist():
             letters.append(self._unforecastable(batch, i, "non_finite_forecast", "not finite"))
         rows, forecast = rows[finite], forecast[finite]
-        return batch.select(rows), forecast, letters
+        return Forecasts(batch.select(rows), forecast, letters, served.version)
 
     def _bisect(
         self, batch: Ready, rows: np.ndarray
@@ -265,9 +296,12 @@ class Serving:
             return self._infer_carried(batch)
         return self.served.predictor.predict(batch.windows, batch.truths).forecast
 
-    def stop(self) -> None:
-        if self.training is not None:
-            self.training.stop()
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop version 1's training; give a load in flight a moment to finish its work."""
+        if self.bootstrap is not None:
+            self.bootstrap.stop()
+        if self._loading is not None:
+            self._loading.thread.join(timeout_s)
 
     # -- carry mode ----------------------------------------------------------------------
 
@@ -299,11 +333,15 @@ class Serving:
     # -- loading and swapping ------------------------------------------------------------
 
     def load(self, version: int) -> None:
-        """Load, check, compile and warm a version, then put it into service.
+        """Load, check, compile and warm a version on this thread, then serve it (start-up).
 
         Raises RegistryError / ModelMismatchError; the caller decides whether that
         stops start-up or only skips a bad new version.
         """
+        self._serve(self._prepare(version))
+
+    def _prepare(self, version: int) -> Served:
+        """Load, check, compile and warm a version: the worker thread's whole job."""
         from streamcast.model.predictor import Predictor
 
         started = time.perf_counter()
@@ -324,26 +362,80 @@ class Serving:
             loaded.model, stored, max_batch=inference.max_batch, jit_compile=inference.jit_compile
         )
         predictor.warmup()
-        if self.served is not None and self.spec.seeding == "carry":
+        return Served(loaded.version, predictor, time.perf_counter() - started)
+
+    def _serve(self, served: Served) -> None:
+        """Put a warmed model into service (on the loop's thread, between batches)."""
+        previous = self.served
+        if previous is not None and self.spec.seeding == "carry":
             self.store.carried.clear()  # a new model's states mean something else
-        self.served = Served(loaded.version, predictor)
-        seconds = time.perf_counter() - started
-        self._on_loaded(loaded.version, seconds)
+        self.served = served
+        self._on_loaded(served.version, served.load_seconds)
+        if previous is not None:
+            self._on_swapped(previous.version, served.version)
         logger.info(
-            "serving model version=%d load_seconds=%.2f device=%s",
-            loaded.version,
-            seconds,
-            predictor.device,
+            "serving model version=%d load_seconds=%.2f device=%s previous=%s",
+            served.version,
+            served.load_seconds,
+            served.predictor.device,
+            previous.version if previous is not None else None,
         )
 
+    def _load_in_background(self, version: int, fingerprint: Fingerprint) -> None:
+        """``_prepare`` on a worker thread; a later ``maintain`` collects its outcome."""
+        future: Future[Served] = Future()
+
+        def work() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self._prepare(version))
+            except BaseException as exc:  # handed to the loop, which decides
+                future.set_exception(exc)
+
+        thread = threading.Thread(target=work, name=f"streamcast-load-v{version}", daemon=True)
+        self._loading = _Load(version, fingerprint, future, thread)
+        logger.info("loading model version=%d in the background", version)
+        thread.start()
+
+    def _collect(self, now: float) -> None:
+        """Swap in the version whose load finished, or note why it cannot be served."""
+        load, self._loading = self._loading, None
+        assert load is not None
+        if self.bootstrap is not None:  # version 1: nothing else to serve, so failing is fatal
+            self._serve(load.future.result())
+            self.bootstrap.finish()
+            self.bootstrap = None
+            return
+        try:
+            served = load.future.result()
+        except IncompleteVersionError as exc:
+            if load.version not in self._incomplete:
+                logger.info(
+                    "model version %d is not complete yet, waiting up to %.0fs for its files: %s",
+                    load.version,
+                    INCOMPLETE_GRACE_S,
+                    exc,
+                    extra={"ctx": {"model_version": load.version}},
+                )
+            self._incomplete[load.version] = (load.fingerprint, now, str(exc))
+            self._next_check = now  # meanwhile an older version may do (without a pointer)
+            return
+        except Exception as exc:  # whatever the new version does, the served one goes on
+            self._incomplete.pop(load.version, None)
+            self._reject(load.version, load.fingerprint, exc)
+            return
+        self._incomplete.pop(load.version, None)
+        self._serve(served)
+
     def _check_registry(self, now: float) -> None:
-        """Swap to the version the pointer names, if it is another one and can be tried now.
+        """Start loading the version the pointer names, if it is another one and can be
+        tried now.
 
         Without a pointer: the newest version above the served one that can be tried now.
         Skipped: versions rejected whose files have not changed since (a fingerprint of
         names, sizes and mtimes), and versions still missing files within the grace
-        period (without a pointer, in favour of the next older one). At most one model
-        load per check. An unreadable pointer is logged once and keeps the served model.
+        period (without a pointer, in favour of the next older one). An unreadable
+        pointer is logged once and keeps the served model.
         """
         assert self.served is not None
         served = self.served.version
@@ -363,8 +455,15 @@ class Serving:
             if version in self._rejected:
                 logger.info("model version %d changed since it was rejected: trying again", version)
                 del self._rejected[version]
-            if self._swap_to(version, fingerprint, now):
-                break
+            seen = self._incomplete.get(version)
+            if seen is not None and seen[0] == fingerprint:  # its copy has not moved
+                if now - seen[1] < INCOMPLETE_GRACE_S:
+                    continue
+                del self._incomplete[version]
+                self._reject(version, fingerprint, seen[2])
+                continue
+            self._load_in_background(version, fingerprint)
+            break
         # Forget versions that are gone (retention), except the one the pointer names.
         keep = set(versions) | ({pointer.current} if pointer is not None else set())
         for table in (self._rejected, self._incomplete):
@@ -378,94 +477,17 @@ class Serving:
             return [pointer.current] if pointer.current != served else []
         return [v for v in reversed(versions) if v > served]
 
-    def _swap_to(
-        self, version: int, fingerprint: Fingerprint | None = None, now: float | None = None
-    ) -> bool:
-        """Hot swap; a bad new version is logged and skipped, the current one keeps serving.
-
-        False only while the version waits for its missing files (within the grace
-        period, which restarts whenever its files change); True once it was tried.
-        """
-        if fingerprint is None:
-            fingerprint = self.registry.fingerprint(version)
-        now = self.clock() if now is None else now
-        try:
-            self.load(version)
-        except IncompleteVersionError as exc:
-            seen, since = self._incomplete.get(version, (None, now))
-            if seen != fingerprint:
-                since = now  # files arrived or changed: the copy is making progress
-            if now - since < INCOMPLETE_GRACE_S:
-                if version not in self._incomplete:
-                    logger.info(
-                        "model version %d is not complete yet, waiting up to %.0fs for its "
-                        "files: %s",
-                        version,
-                        INCOMPLETE_GRACE_S,
-                        exc,
-                        extra={"ctx": {"model_version": version}},
-                    )
-                self._incomplete[version] = (fingerprint, since)
-                return False
-            self._incomplete.pop(version, None)
-            self._reject(version, fingerprint, exc)
-        except (RegistryError, ModelMismatchError) as exc:
-            self._incomplete.pop(version, None)
-            self._reject(version, fingerprint, exc)
-        return True
-
-    def _reject(self, version: int, fingerprint: Fingerprint, exc: Exception) -> None:
+    def _reject(self, version: int, fingerprint: Fingerprint, why: Exception | str) -> None:
         """Log a bad version once; it is tried again when its files change."""
         self._rejected[version] = fingerprint
         self._rejected_version = max(self._rejected_version, version)
+        if isinstance(why, Exception) and not isinstance(why, RegistryError | ModelMismatchError):
+            why = f"{type(why).__name__}: {why}"
         logger.error(
             "model version %d rejected, still serving version %s (tried again if its files "
             "change): %s",
             version,
             self.version,
-            exc,
+            why,
             extra={"ctx": {"model_version": version}},
         )
-
-    # -- the first model -----------------------------------------------------------------
-
-    def _bootstrap(self) -> None:
-        if self.training is None:
-            self._maybe_start_training()
-            return
-        if not self.training.done():
-            return
-        job, self.training = self.training, None
-        first = self.registry.current() or self.registry.latest()
-        if not job.ok or first is None:
-            raise RuntimeError(
-                f"training the first model failed (exit code {job.process.exitcode})"
-            )
-        self.history = None
-        self.load(first)  # a failure here is fatal: nothing to serve
-        self._resume_input()
-
-    def _maybe_start_training(self) -> None:
-        assert self.history is not None
-        training = self.settings.training
-        train, val = split_sizes(
-            self.history.lengths(),
-            self.spec.num_steps,
-            self.spec.horizon,
-            training.validation_fraction,
-        )
-        if train < training.bootstrap_windows or val == 0:
-            return
-        logger.info("training model version 1 examples=%d", train)
-        self._status("training", f"training the first model on {train} examples")
-        self._pause_input()
-        # Nothing is forecast until version 1 exists, so its training may use every
-        # core; later retraining keeps to training.threads and leaves inference a core.
-        first = training.model_copy(update={"threads": max(training.threads, available_cpus())})
-        self.training = TrainingJob(
-            self.spec,
-            first,
-            self.settings.registry.path,
-            self.history.series(),
-            self.history.timestamps(),
-        ).start()

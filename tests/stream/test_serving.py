@@ -1,5 +1,8 @@
-"""Hot swap against a registry written by hand: a version copied with ``cp -r`` / ``rsync``
-appears as an empty directory, then half-copied, then whole; it is served once whole.
+"""Hot swap: a new version is loaded and warmed on a worker thread while the loop goes on,
+and swapped in between batches by a later ``maintain``; a failed load leaves the old model
+serving, and a rollback swaps back the same way. Against a registry written by hand, a
+version copied with ``cp -r`` / ``rsync`` appears as an empty directory, then half-copied,
+then whole; it is served once whole.
 
 ``Serving.maintain`` is driven with a fake clock (``Serving.clock``), one registry check
 per call; the models are tiny so each load (Keras load + compile + warm-up) is quick.
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import keras
@@ -22,10 +27,11 @@ from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
 from streamcast.model import build_forecaster
 from streamcast.ops.metrics import Metrics
 from streamcast.stream import serving as serving_module
+from streamcast.stream.batcher import Ready
 from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.daemon import Daemon
 from streamcast.stream.messages import Readings
-from streamcast.stream.serving import INCOMPLETE_GRACE_S, REGISTRY_CHECK_S, Serving
+from streamcast.stream.serving import INCOMPLETE_GRACE_S, REGISTRY_CHECK_S, Served, Serving
 from streamcast.stream.windows import WindowStore
 
 CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
@@ -64,10 +70,12 @@ class Harness:
             registry={"path": registry},
         )
         self.loaded: list[int] = []
+        self.swaps: list[tuple[int, int]] = []
         self.serving = Serving(
             settings,
             WindowStore(4, CFG.num_steps, CFG.num_features),
             on_loaded=lambda version, seconds: self.loaded.append(version),
+            on_swapped=lambda old, new: self.swaps.append((old, new)),
             pause_input=lambda: None,
             resume_input=lambda: None,
             status=lambda phase, status: None,
@@ -76,9 +84,16 @@ class Harness:
         self.serving.clock = self.clock
 
     def check(self, after_s: float = REGISTRY_CHECK_S) -> None:
-        """Let ``after_s`` pass, then run the loop's maintain (one registry check)."""
+        """Let ``after_s`` pass, run the loop's maintain (one registry check), then let
+        the loads it started finish and be collected by the next maintain calls."""
         self.clock.now += after_s
         self.serving.maintain()
+        self.settle()
+
+    def settle(self) -> None:
+        while (load := self.serving._loading) is not None:
+            load.future.exception(timeout=60)  # waits, whatever the outcome
+            self.serving.maintain()
 
     @property
     def version(self) -> int | None:
@@ -100,6 +115,136 @@ def harness(tmp_path: Path, model: keras.Model) -> Harness:
     return h
 
 
+@pytest.fixture
+def pointed(tmp_path: Path, model: keras.Model) -> Harness:
+    """Serving version 1 of a registry with a current pointer, as the trainer writes it."""
+    reg = ModelRegistry(tmp_path / "registry")
+    assert reg.save(model, CFG) == 1  # promoted: the pointer names it
+    h = Harness(reg.path)
+    h.serving.start()
+    assert h.version == 1
+    return h
+
+
+def _batch(n: int = 3) -> Ready:
+    """``n`` windows as the batcher hands them over."""
+    return Ready(
+        sensors=[f"s{i}" for i in range(n)],
+        windows=np.ones((n, CFG.num_steps, CFG.num_features), np.float32),
+        truths=np.ones((n, CFG.num_features), np.float32),
+        slots=np.arange(n),
+        generations=np.zeros(n, np.int64),
+        step_s=np.full(n, 900.0),
+        ts=np.arange(n, dtype=np.float64),
+        log_ts=np.zeros(n),
+        partitions=np.zeros(n, np.int32),
+        offsets=np.arange(n),
+    )
+
+
+class HeldLoads:
+    """Replaces ``Serving._prepare``: each load runs for real, on whatever thread calls it,
+    then waits for ``release``; ``threads`` names the threads that ran loads."""
+
+    def __init__(self, serving: Serving) -> None:
+        self.release = threading.Event()
+        self.threads: list[str] = []
+        self._prepare = serving._prepare
+        serving._prepare = self  # type: ignore[method-assign]
+
+    def __call__(self, version: int) -> Served:
+        self.threads.append(threading.current_thread().name)
+        served = self._prepare(version)
+        self.release.wait(60)
+        return served
+
+
+def test_new_version_loads_off_the_loop_and_swaps_in_on_a_later_maintain(
+    pointed: Harness, model: keras.Model
+) -> None:
+    h, reg = pointed, pointed.serving.registry
+    held = HeldLoads(h.serving)
+    assert reg.save(model, CFG) == 2  # promoted: current
+    h.clock.now += REGISTRY_CHECK_S
+    started = time.perf_counter()
+    h.serving.maintain()
+    assert time.perf_counter() - started < 0.5  # it started the load, it did not wait
+    assert h.serving.loading == 2
+
+    # While version 2 loads the loop goes on: its maintain calls return at once, version 1
+    # answers every batch, and no second load starts (version 3 waits for version 2's).
+    assert reg.save(model, CFG) == 3
+    for _ in range(3):
+        h.clock.now += REGISTRY_CHECK_S
+        started = time.perf_counter()
+        h.serving.maintain()
+        assert time.perf_counter() - started < 0.5
+        assert h.serving.forecast_batch(_batch()).version == 1
+    assert (h.serving.loading, h.version, h.loaded) == (2, 1, [1])
+
+    held.release.set()
+    load = h.serving._loading
+    assert load is not None and load.future.exception(timeout=60) is None
+    # Loaded and warmed, but swapped in only by the loop's next maintain: between batches.
+    assert h.serving.forecast_batch(_batch()).version == 1
+    h.serving.maintain()
+    assert (h.version, h.loaded, h.swaps) == (2, [1, 2], [(1, 2)])
+    # The same call went on to the registry check: version 3, promoted meanwhile, loads next.
+    assert h.serving.loading == 3
+    out = h.serving.forecast_batch(_batch())
+    assert out.version == 2 and out.values.shape == (3, CFG.horizon, CFG.num_features)
+    h.settle()
+    assert (h.version, h.swaps) == (3, [(1, 2), (2, 3)])
+    assert held.threads == ["streamcast-load-v2", "streamcast-load-v3"]
+    assert threading.current_thread().name not in held.threads
+
+
+def test_failed_background_load_leaves_the_old_model_serving(
+    pointed: Harness, model: keras.Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    h, reg = pointed, pointed.serving.registry
+    prepare = h.serving._prepare
+
+    def broken(version: int) -> Served:
+        if version == 2:
+            raise RuntimeError("out of device memory while compiling")
+        return prepare(version)
+
+    h.serving._prepare = broken  # type: ignore[method-assign]
+    assert reg.save(model, CFG) == 2
+    h.check()
+    assert (h.version, h.serving.loading, h.swaps) == (1, None, [])
+    errors = _records(caplog, logging.ERROR)
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "model version 2 rejected, still serving version 1" in message
+    assert "RuntimeError: out of device memory while compiling" in message
+    assert h.serving._rejected_version == 2
+    assert h.serving.forecast_batch(_batch()).version == 1
+    h.check()
+    h.check()
+    assert len(_records(caplog, logging.ERROR)) == 1  # same files: not tried again
+    assert h.serving.loading is None and h.version == 1
+
+
+def test_rollback_swaps_back_off_the_loop(pointed: Harness, model: keras.Model) -> None:
+    h, reg = pointed, pointed.serving.registry
+    assert reg.save(model, CFG) == 2
+    h.check()
+    assert h.version == 2
+    held = HeldLoads(h.serving)
+    assert reg.rollback() == 1
+    h.clock.now += REGISTRY_CHECK_S
+    h.serving.maintain()
+    assert (h.serving.loading, h.version) == (1, 2)  # version 2 answers while 1 loads
+    assert h.serving.forecast_batch(_batch()).version == 2
+    held.release.set()
+    h.settle()
+    assert (h.version, h.swaps, h.loaded) == (1, [(1, 2), (2, 1)], [1, 2, 1])
+    assert held.threads == ["streamcast-load-v1"]
+
+
 def test_hand_copied_version_is_served_once_its_copy_completes(
     harness: Harness, staged: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -112,7 +257,7 @@ def test_hand_copied_version_is_served_once_its_copy_completes(
     harness.check()
     assert harness.version == 1
     assert _records(caplog, logging.ERROR) == []
-    waiting = _records(caplog, logging.INFO)
+    waiting = [r for r in _records(caplog, logging.INFO) if "not complete" in r.getMessage()]
     assert len(waiting) == 1  # said once, not at every check
     assert "version 2 is not complete yet" in waiting[0].getMessage()
     assert "has no meta.json (copy incomplete?)" in waiting[0].getMessage()

@@ -1,0 +1,182 @@
+"""The first model: with an empty registry, gather history from the stream and train
+version 1 in a spawned process.
+
+Until version 1 exists nothing can be forecast, so the daemon's readiness and its
+systemd status say what it waits for and how far it got (examples gathered of those
+needed, from how many sensors). Training pauses the input, so the gathered history is
+what version 1 learns from and the consumer keeps polling (and its group membership)
+meanwhile; the input resumes once version 1 is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+from streamcast.config import Settings
+from streamcast.learn.cpus import available_cpus
+from streamcast.learn.examples import split_sizes
+from streamcast.learn.history import History
+from streamcast.learn.job import TrainingJob
+from streamcast.learn.registry import ModelRegistry
+from streamcast.stream.messages import Readings
+
+logger = logging.getLogger(__name__)
+
+GATHERING = "gathering history for the first model"
+TRAINING = "training the first model"
+LOADING = "loading the first model"
+# Progress changes with almost every poll: said at most this often (sd_notify, /readyz).
+PROGRESS_EVERY_S = 1.0
+
+#: (what readiness waits for, its progress) or (None, None) once it waits no more.
+Waiting = Callable[[str | None, Mapping[str, int] | None], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far gathering got: training examples gathered, needed, and sensors heard."""
+
+    examples: int
+    needed: int
+    sensors: int
+
+    def line(self) -> str:
+        return f"{GATHERING}: {self.examples} of {self.needed} examples from {self.sensors} sensors"
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Bootstrap:
+    """Gathers the first model's history, then trains version 1 in its own process.
+
+    ``status(phase, line)`` and ``waiting(reason, progress)`` report what it waits for;
+    ``pause_input`` / ``resume_input`` hold the input from training until ``finish``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        *,
+        pause_input: Callable[[], None],
+        resume_input: Callable[[], None],
+        status: Callable[[str, str], None],
+        waiting: Waiting,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.spec = settings.model
+        self.registry = registry
+        span = self.spec.num_steps + 1 + self.spec.horizon
+        training = settings.training
+        self.history = History(
+            self.spec.num_features,
+            # enough for a chronological validation part of its own per sensor
+            max_per_sensor=math.ceil(2 * span / training.validation_fraction),
+            max_bytes=training.history_bytes,
+            span=span,
+            gap_factor=settings.window.gap_factor,
+        )
+        self.job: TrainingJob | None = None
+        self.trained: int | None = None  # version 1, once it is in the registry
+        self._pause_input = pause_input
+        self._resume_input = resume_input
+        self._status = status
+        self._waiting = waiting
+        self._clock = clock
+        self._shown: Progress | None = None
+        self._shown_at = -math.inf
+
+    def begin(self) -> None:
+        logger.info(
+            "registry %s is empty: gathering %d training examples from the stream",
+            self.registry.path,
+            self.settings.training.bootstrap_windows,
+        )
+        self._show(self.progress(), force=True)
+
+    def observe(self, readings: Readings) -> None:
+        """Accepted readings, kept until version 1 trains on them."""
+        if len(readings):
+            self.history.add(readings)
+
+    def progress(self) -> Progress:
+        train, _ = self._split()
+        return Progress(train, self.settings.training.bootstrap_windows, len(self.history))
+
+    def advance(self) -> int | None:
+        """Version 1 once it is in the registry; None while gathering or training.
+
+        Raises RuntimeError when training failed: there is nothing to serve.
+        """
+        if self.trained is not None:
+            return self.trained
+        if self.job is None:
+            self._gather()
+            return None
+        if not self.job.done():
+            return None
+        job, self.job = self.job, None
+        first = self.registry.current() or self.registry.latest()
+        if not job.ok or first is None:
+            raise RuntimeError(
+                f"training the first model failed (exit code {job.process.exitcode})"
+            )
+        self.trained = first
+        self._status("loading", f"{LOADING} (version {first})")
+        self._waiting(LOADING, None)
+        return first
+
+    def finish(self) -> None:
+        """Version 1 is served: the input flows again and the history is let go."""
+        self.history.clear()
+        self._waiting(None, None)
+        self._resume_input()
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.stop()
+
+    def _split(self) -> tuple[int, int]:
+        """(training, validation) examples the history holds, as training would split it."""
+        return split_sizes(
+            self.history.lengths(),
+            self.spec.num_steps,
+            self.spec.horizon,
+            self.settings.training.validation_fraction,
+        )
+
+    def _gather(self) -> None:
+        """Start training once the history holds enough examples; else say how far it got."""
+        training = self.settings.training
+        train, val = self._split()
+        if train < training.bootstrap_windows or val == 0:
+            self._show(Progress(train, training.bootstrap_windows, len(self.history)))
+            return
+        logger.info("training model version 1 examples=%d", train)
+        self._status("training", f"{TRAINING} on {train} examples")
+        self._waiting(TRAINING, {"examples": train})
+        self._pause_input()
+        # Nothing is forecast until version 1 exists, so its training may use every
+        # core; later retraining keeps to training.threads and leaves inference a core.
+        first = training.model_copy(update={"threads": max(training.threads, available_cpus())})
+        self.job = TrainingJob(
+            self.spec,
+            first,
+            self.registry.path,
+            self.history.series(),
+            self.history.timestamps(),
+        ).start()
+
+    def _show(self, progress: Progress, *, force: bool = False) -> None:
+        now = self._clock()
+        if not force and (progress == self._shown or now - self._shown_at < PROGRESS_EVERY_S):
+            return
+        self._shown, self._shown_at = progress, now
+        self._status("bootstrap", progress.line())
+        self._waiting(GATHERING, progress.as_dict())
