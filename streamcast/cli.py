@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -116,6 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from streamcast.config import load_settings
     from streamcast.ops.logs import setup_logging
 
+    if args.follow:
+        return _train_follow(args)
+
     setup_logging("INFO")
     settings = load_settings(args.config)
     overrides: dict[str, Any] = {}
@@ -153,6 +157,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"streamcast train: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _train_follow(args: argparse.Namespace) -> int:
+    """The trainer as its own process: reads the stream, retrains, promotes."""
+    from streamcast.ops.logs import setup_logging
+
+    settings = _settings(args.config)
+    if settings is None:
+        return EXIT_STARTUP
+    if args.registry:
+        registry = settings.registry.model_copy(update={"path": Path(args.registry)})
+        settings = settings.model_copy(update={"registry": registry})
+    setup_logging(settings.log.level, settings.log.format)
+    from streamcast.stream.trainer import Trainer
+
+    trainer = Trainer(settings)
+    with StopSignals(trainer.stop, grace_s=settings.shutdown_timeout_s + 5):
+        return trainer.run()
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -215,8 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regime-change-at", type=int, default=None, metavar="STEP")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train a model version from a CSV or simulated data")
+    p = sub.add_parser(
+        "train",
+        help="train a model version from a CSV or simulated data, or follow the stream",
+    )
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--follow",
+        action="store_true",
+        help="run the trainer on its own: read the readings topic, retrain and promote "
+        "periodically (daemons then set training.online: false)",
+    )
     src.add_argument("--data", help="CSV with header sensor,ts,v1,v2 (one row per reading)")
     src.add_argument("--simulated", action="store_true", help="train on the simulated fleet")
     p.add_argument("--registry", help="model registry directory (default: registry.path)")

@@ -15,6 +15,7 @@ training to ``streamcast train --follow``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamcast.config import Settings
+from streamcast.learn.examples import split_sizes
 from streamcast.learn.history import Readings
 from streamcast.learn.lease import RegistryLease
 from streamcast.learn.replay import ReplayBuffer
@@ -49,9 +51,12 @@ class Retraining:
         metrics: Metrics,
         champion: Callable[[], int | None],
         *,
+        first_model: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        #: Train version 1 too (the trainer on its own); a daemon bootstraps it instead.
+        self.first_model = first_model
         self.training = settings.training
         self.metrics = metrics
         self.champion = champion
@@ -67,7 +72,7 @@ class Retraining:
         self.lease = RegistryLease(settings.registry.path, holder_name(), ttl_s=LEASE_TTL_S)
         self.job: RetrainingJob | None = None
         self.last: Outcome | None = None
-        self._next_at = clock() + self.training.interval_s
+        self._next_at = clock() + (0.0 if first_model else self.training.interval_s)
         self._lease_at = 0.0
         self._workdir: Path | None = None  # where a retraining writes its outcome
 
@@ -111,15 +116,24 @@ class Retraining:
         self._lease_at = now + (LEASE_TTL_S / 4 if self.lease.held else _LEASE_CHECK_S)
 
     def _due(self, now: float) -> bool:
-        if self.champion() is None:  # version 1 comes from the first model's bootstrap
-            return False
-        fresh = self.buffer.new_examples >= self.training.every_examples
+        champion = self.champion()
+        if champion is None and not self.first_model:
+            return False  # version 1 comes from the daemon's bootstrap
+        fresh = champion is not None and self.buffer.new_examples >= self.training.every_examples
         if now < self._next_at and not fresh:
             return False
-        if self.buffer.examples() < self.training.bootstrap_windows:
-            self._next_at = now + min(self.training.interval_s, 60.0)  # look again soon
+        if not self._enough():
+            self._next_at = now + (5.0 if champion is None else min(self.training.interval_s, 60.0))
             return False
         return True
+
+    def _enough(self) -> bool:
+        """Whether the buffer holds enough for a fit once the held-out slice is cut off:
+        a job that could only fail for want of data is not started."""
+        t, spec = self.training, self.settings.model
+        kept = [n - math.ceil(n * t.holdout_fraction) for n in self.buffer.history.lengths()]
+        train, val = split_sizes(kept, spec.num_steps, spec.horizon, t.validation_fraction)
+        return train >= t.bootstrap_windows and val > 0
 
     def _start(self, now: float) -> None:
         champion = self.champion()
@@ -135,7 +149,9 @@ class Retraining:
             self._workdir / "outcome.json",
             keep=self.settings.registry.keep,
         ).start()
-        self._next_at = now + self.training.interval_s
+        # Version 1 is worth another try soon; later ones wait the interval.
+        wait = self.training.interval_s if champion is not None else 300.0
+        self._next_at = now + min(self.training.interval_s, wait)
         logger.info(
             "retraining started champion=%s examples=%d pid=%s",
             champion,
