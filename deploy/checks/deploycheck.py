@@ -4,6 +4,7 @@
     deploycheck.py alerts   RULES TESTS
     deploycheck.py grafana  DASHBOARD --promtool PROMTOOL
     deploycheck.py k8s      K8S_DIR --kustomize CMD [--kube-version V ...]
+    deploycheck.py systemd  SYSTEMD_DIR [--max-exposure X]
 
 Each prints what it checked and one line per problem, and exits 1 if it found any.
 Needs PyYAML, jsonschema and kubernetes-validate (the project's `test` extra).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import shutil
@@ -47,11 +49,18 @@ STREAMCAST_METRICS = {
     "streamcast_rebalances_total",
     "streamcast_ready",
     "streamcast_up",
+    "streamcast_model_swaps_total",
+    "streamcast_retrains_total",
+    "streamcast_retrain_seconds",
+    "streamcast_replay_examples",
+    "streamcast_replay_bytes",
+    "streamcast_forecast_mae",
 }
 HISTOGRAMS = {
     "streamcast_batch_size",
     "streamcast_inference_seconds",
     "streamcast_end_to_end_seconds",
+    "streamcast_retrain_seconds",
 }
 PROCESS_METRICS = {
     "process_cpu_seconds_total",
@@ -68,6 +77,10 @@ KNOWN_METRICS = (
     | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
 METRIC_RE = re.compile(r"\b((?:streamcast|process)_[a-zA-Z0-9_]+)\b")
+# Prometheus jobs: the daemons, and the optional standalone trainer (its own job, so
+# that its reads stay out of the daemons' throughput and lag).
+JOBS = ("streamcast", "streamcast-trainer")
+JOB_MATCHER_RE = re.compile(r'\bjob\s*(=~|!=|!~|=)\s*"([^"]*)"')
 
 # Custom resources kubernetes-validate has no schema for, and the schema we
 # check them against instead. kubernetes-validate only warns about a kind it
@@ -102,6 +115,20 @@ def unknown_metrics(expr: str) -> list[str]:
 # --- alerts -----------------------------------------------------------------------
 
 
+def job_problems(expr: str) -> list[str]:
+    """An alert selects streamcast's jobs by name: job="streamcast", job="streamcast-trainer",
+    or job=~ an alternation of them, never some other job or a pattern."""
+    matchers = JOB_MATCHER_RE.findall(expr)
+    if not matchers:
+        return ['expression does not select job="streamcast"']
+    out = []
+    for op, value in matchers:
+        names = value.split("|") if op == "=~" else [value]
+        if op not in ("=", "=~") or not set(names) <= set(JOBS):
+            out.append(f'job{op}"{value}" selects other jobs than {", ".join(JOBS)}')
+    return out
+
+
 def check_alerts(rules_file: Path, tests_file: Path) -> int:
     problems = Problems()
     rules = yaml.safe_load(rules_file.read_text())
@@ -121,8 +148,8 @@ def check_alerts(rules_file: Path, tests_file: Path) -> int:
             missing = {"summary", "description", "runbook"} - set(rule.get("annotations", {}))
             if missing:
                 problems.add(where, f"missing annotations: {', '.join(sorted(missing))}")
-            if 'job="streamcast"' not in rule["expr"]:
-                problems.add(where, 'expression does not select job="streamcast"')
+            for problem in job_problems(rule["expr"]):
+                problems.add(where, problem)
             for metric in unknown_metrics(rule["expr"]):
                 problems.add(where, f"unknown metric {metric}")
 
@@ -270,6 +297,117 @@ def promql_problems(exprs: list[tuple[str, str]], promtool: str) -> list[str]:
             label, expr = exprs[int(m.group(1))]
             out.append(f"{label}: promtool rejects {expr!r}: {m.group(2)}")
         return out or [f"promtool rejected the dashboard expressions: {detail}"]
+
+
+# --- systemd ----------------------------------------------------------------------
+
+# Where deploy/README.md installs the console script; verify needs an executable there.
+UNIT_EXECUTABLE = "opt/streamcast/venv/bin/streamcast"
+# The install line each drop-in documents, e.g. /etc/systemd/system/streamcast.service.d/gpu.conf
+DROPIN_RE = re.compile(r"/etc/systemd/system/([\w@.-]+\.service)\.d/([\w.-]+\.conf)\b")
+
+
+def dropin_targets(systemd_dir: Path, problems: Problems) -> dict[str, list[Path]]:
+    """unit name -> the drop-ins whose comments say to install them for that unit."""
+    out: dict[str, list[Path]] = {}
+    for conf in sorted(systemd_dir.glob("*.conf")):
+        named = [(u, f) for u, f in DROPIN_RE.findall(conf.read_text()) if f == conf.name]
+        if not named:
+            problems.add(
+                str(conf),
+                f"names no unit to install into (/etc/systemd/system/UNIT.d/{conf.name})",
+            )
+        for unit, _ in named:
+            if not (systemd_dir / unit).is_file():
+                problems.add(str(conf), f"is installed for {unit}, which deploy/ does not ship")
+            out.setdefault(unit, []).append(conf)
+    return out
+
+
+def check_systemd(systemd_dir: Path, max_exposure: float) -> int:
+    """systemd-analyze verify every unit, alone and with all its drop-ins, in a scratch
+    root with the host's unit directory and a stub at the documented ExecStart; any
+    output fails (verify only warns about unknown keys and bad values). Then each unit
+    must score at most max_exposure in `systemd-analyze security --offline`."""
+    problems = Problems()
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        print("MISSING TOOL: systemd-analyze not found. Install it: apt-get install -y systemd")
+        return 1
+    host_units = next(
+        (
+            d
+            for d in ("/usr/lib/systemd/system", "/lib/systemd/system")
+            if Path(d, "sysinit.target").is_file()
+        ),
+        None,
+    )
+    if host_units is None:
+        print(
+            "MISSING: no system unit directory with sysinit.target. "
+            "Install it: apt-get install -y systemd"
+        )
+        return 1
+    units = sorted(systemd_dir.glob("*.service"))
+    if not units:
+        problems.add(str(systemd_dir), "no .service unit found")
+    dropins = dropin_targets(systemd_dir, problems)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
+        stub = root / UNIT_EXECUTABLE
+        stub.parent.mkdir(parents=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+        etc = root / "etc/systemd/system"
+        etc.mkdir(parents=True)
+        for unit in units:
+            target = etc / unit.name
+            shutil.copy(unit, target)
+            combos: list[list[Path]] = [[]]
+            if dropins.get(unit.name):
+                combos.append(dropins[unit.name])
+            for confs in combos:
+                dropdir = etc / f"{unit.name}.d"
+                shutil.rmtree(dropdir, ignore_errors=True)
+                for conf in confs:
+                    dropdir.mkdir(exist_ok=True)
+                    shutil.copy(conf, dropdir / conf.name)
+                label = " + ".join([unit.name, *(c.name for c in confs)])
+                print(f"$ systemd-analyze verify --man=no --root=SCRATCH {label}")
+                proc = subprocess.run(
+                    [analyze, "verify", "--man=no", f"--root={root}", str(target)],
+                    capture_output=True,
+                    text=True,
+                )
+                out = (proc.stdout + proc.stderr).replace(str(root), "").strip()
+                if out or proc.returncode != 0:
+                    print(out)
+                    problems.add(label, f"systemd-analyze verify: {out or proc.returncode}")
+                else:
+                    print("  (no findings)")
+            shutil.rmtree(etc / f"{unit.name}.d", ignore_errors=True)
+            threshold = int(max_exposure * 10)
+            print(f"$ systemd-analyze security --offline=yes --threshold={threshold} {unit.name}")
+            proc = subprocess.run(
+                [
+                    analyze,
+                    "security",
+                    "--offline=yes",
+                    f"--threshold={threshold}",
+                    f"--root={root}",
+                    str(target),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            overall = [ln for ln in proc.stdout.splitlines() if "Overall exposure" in ln]
+            print("\n".join(overall) or proc.stdout + proc.stderr)
+            if proc.returncode != 0 or not overall:
+                problems.add(
+                    unit.name, f"exposure above {max_exposure}: {' '.join(overall) or 'no score'}"
+                )
+    return problems.finish("systemd")
 
 
 # --- kubernetes -------------------------------------------------------------------
@@ -460,6 +598,26 @@ def check_rendered(
             if overlay and (":" not in image.rsplit("/", 1)[-1] or "/" not in image):
                 problems.add(where, f"{cwhere}: image {image!r} has no registry or tag")
 
+    # A claim that several pods mount (replicas, or the trainer next to them) must be
+    # ReadWriteMany, or every pod after the first waits for a node it cannot share.
+    mounts: dict[str, int] = {}
+    for kind in WORKLOADS:
+        for w in by_kind.get(kind, {}).values():
+            replicas = w["spec"].get("replicas", 1)
+            replicas = replicas if isinstance(replicas, int) else 1  # kubernetes-validate says why
+            for v in w["spec"]["template"]["spec"].get("volumes", []):
+                claim = v.get("persistentVolumeClaim", {}).get("claimName")
+                if claim:
+                    mounts[claim] = mounts.get(claim, 0) + replicas
+    for claim, pods_using in mounts.items():
+        pvc = by_kind.get("PersistentVolumeClaim", {}).get(claim)
+        if pvc and pods_using > 1 and "ReadWriteMany" not in pvc["spec"].get("accessModes", []):
+            problems.add(
+                where,
+                f"PersistentVolumeClaim/{claim}: mounted by {pods_using} pods, "
+                "so accessModes needs ReadWriteMany",
+            )
+
     pod_labels = [t["metadata"].get("labels", {}) for _, t in pods]
     pod_ports = {
         p.get("name") for _, t in pods for c in t["spec"]["containers"] for p in c.get("ports", [])
@@ -546,15 +704,15 @@ def check_k8s(k8s_dir: Path, kustomize: list[str], versions: list[str]) -> int:
             if k.get("kind") != "Component":
                 continue
             rel = kdir.relative_to(k8s_dir)
+            # As deploy/README.md says to use a component: listed in an overlay's
+            # own `components:`, so that the overlay's images and patches apply to
+            # what the component adds.
             for name, odir, ok, _ in overlays:
-                combo = copy / "overlays" / f"_check-{odir.name}-{kdir.name}"
-                combo.mkdir()
-                combo_k = {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [f"../{odir.name}"],
-                    "components": [f"../../{rel.as_posix()}"],
-                }
+                combo = odir.parent / f"_check-{odir.name}-{kdir.name}"
+                shutil.copytree(odir, combo)
+                combo_k = {**ok}
+                component = os.path.relpath(copy / rel, combo)
+                combo_k["components"] = [*ok.get("components", []), component]
                 (combo / "kustomization.yaml").write_text(yaml.safe_dump(combo_k))
                 renders.append((f"{name} + {rel}", combo, {**ok}, True))
 
@@ -619,7 +777,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("k8s_dir", type=Path)
     k.add_argument("--kustomize", required=True, help='render command, e.g. "kubectl kustomize"')
     k.add_argument("--kube-version", action="append", dest="versions")
+    s = sub.add_parser("systemd")
+    s.add_argument("systemd_dir", type=Path)
+    s.add_argument("--max-exposure", type=float, default=2.5)
     args = parser.parse_args(argv)
+    if args.check == "systemd":
+        return check_systemd(args.systemd_dir, args.max_exposure)
     if args.check == "alerts":
         return check_alerts(args.rules, args.tests)
     if args.check == "grafana":
