@@ -1,11 +1,13 @@
 """The first model: with an empty registry, gather history from the stream and train
-version 1 in a spawned process.
+version 1 in a spawned process, or (``training.online: false``) wait for the trainer's.
 
 Until version 1 exists nothing can be forecast, so the daemon's readiness and its
 systemd status say what it waits for and how far it got (examples gathered of those
 needed, from how many sensors). Training pauses the input, so the gathered history is
 what version 1 learns from and the consumer keeps polling (and its group membership)
-meanwhile; the input resumes once version 1 is served.
+meanwhile; the input resumes once version 1 is served. A daemon that only serves leaves
+version 1 to ``streamcast train --follow`` and holds its input paused until that
+version is served, so no reading goes by unforecast and nothing is committed meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 from streamcast.config import Settings
 from streamcast.learn.cpus import available_cpus
@@ -29,11 +32,22 @@ logger = logging.getLogger(__name__)
 GATHERING = "gathering history for the first model"
 TRAINING = "training the first model"
 LOADING = "loading the first model"
+WAITING = "a first model version from the trainer"
 # Progress changes with almost every poll: said at most this often (sd_notify, /readyz).
 PROGRESS_EVERY_S = 1.0
 
 #: (what readiness waits for, its progress) or (None, None) once it waits no more.
 Waiting = Callable[[str | None, Mapping[str, int] | None], None]
+
+
+class Reports(TypedDict):
+    """What the first model asks of the daemon and tells it (the keyword arguments of
+    ``Bootstrap`` and ``AwaitingTrainer``)."""
+
+    pause_input: Callable[[], None]
+    resume_input: Callable[[], None]
+    status: Callable[[str, str], None]
+    waiting: Waiting
 
 
 @dataclass(frozen=True)
@@ -180,3 +194,61 @@ class Bootstrap:
         self._shown, self._shown_at = progress, now
         self._status("bootstrap", progress.line())
         self._waiting(GATHERING, progress.as_dict())
+
+
+class AwaitingTrainer:
+    """A daemon that only serves waits for the trainer's first version, input paused.
+
+    ``Serving`` checks the registry every few seconds as it always does and loads what
+    appears there off the loop; this says what readiness waits for (``waiting``,
+    ``loading``) and holds the input from ``begin`` until ``finish``.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        pause_input: Callable[[], None],
+        resume_input: Callable[[], None],
+        status: Callable[[str, str], None],
+        waiting: Waiting,
+    ) -> None:
+        self.registry = registry
+        self._pause_input = pause_input
+        self._resume_input = resume_input
+        self._status = status
+        self._waiting = waiting
+
+    def begin(self, unusable: list[str]) -> None:
+        """Pause the input and say so; ``unusable``: why the versions there are skipped."""
+        logger.info(
+            "registry %s holds no usable model version%s: waiting for the trainer's first "
+            "(training.online is false), input paused",
+            self.registry.path,
+            f" ({'; '.join(unusable)})" if unusable else "",
+        )
+        self._pause_input()
+        self.waiting()
+
+    def waiting(self) -> None:
+        """Say what readiness waits for. Said again at every registry check: start-up's
+        READY line carries a status of its own, and a failed load said ``loading``."""
+        self._status("waiting", WAITING)
+        self._waiting(WAITING, None)
+
+    def loading(self, version: int) -> None:
+        self._status("loading", f"{LOADING} (version {version})")
+        self._waiting(LOADING, None)
+
+    def checked(self, loading: int | None) -> None:
+        """After each registry check: a version loading, or still none."""
+        if loading is None:
+            self.waiting()
+        else:
+            self.loading(loading)
+
+    def finish(self) -> None:
+        """The first version is served: the input flows again from where it stopped."""
+        logger.info("first model version from the trainer served: input resumed")
+        self._waiting(None, None)
+        self._resume_input()

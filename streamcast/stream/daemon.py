@@ -88,7 +88,7 @@ class Daemon:
             on_swapped=self._swapped,
             waiting=self.health.waiting_for,
         )
-        self.retraining = Retraining(settings, self.metrics, lambda: self.serving.version)
+        self.retraining = Retraining(settings, self.metrics, self._champion)
         self._forecasting = False
         self._floods = RateLimited(60.0)  # dead letters by reason
         #: Called at the top of every loop iteration; tests use it to stall the loop.
@@ -186,11 +186,13 @@ class Daemon:
         # Started: the loop runs from here on. Not ready to forecast yet (/readyz says what
         # it waits for), but a daemon gathering its first model's history for hours is
         # healthy, and the service manager must not time its start-up out.
-        self.notifier.ready(
-            "gathering history for the first model"
-            if self.serving.gathering
-            else "started: waiting for partitions"
-        )
+        if self.serving.gathering:
+            started = "gathering history for the first model"
+        elif self.serving.awaiting is not None:
+            started = "waiting for a first model version from the trainer"
+        else:
+            started = "started: waiting for partitions"
+        self.notifier.ready(started)
 
     def should_exit(self) -> bool:
         return self.stop.is_set()
@@ -333,6 +335,13 @@ class Daemon:
     def _model_loaded(self, version: int, seconds: float) -> None:
         self.metrics.set_model(version, seconds)
         self.health.model_version = version
+
+    def _champion(self) -> int | None:
+        """What a challenger must beat: the registry's current version (a promotion may
+        not be swapped in yet), else the one served (a registry without a pointer)."""
+        if self.serving.served is None:
+            return None
+        return self.serving.registry.current() or self.serving.version
 
     def _swapped(self, old: int, new: int) -> None:
         self.metrics.model_swaps.inc()

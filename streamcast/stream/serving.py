@@ -7,7 +7,9 @@ the loop keeps polling and heartbeating, and swapped in between batches: a batch
 forecast by one version, which it names. One load at a time; a bad version is skipped
 until its files change, one still being copied is waited for (``INCOMPLETE_GRACE_S``).
 At start-up an unusable current version gives way to the best usable one
-(``serving_order``). An empty registry trains version 1 first (``stream.bootstrap``).
+(``serving_order``). An empty registry trains version 1 first (``stream.bootstrap``);
+a daemon that only serves (``training.online: false``) waits instead, input paused,
+until a usable version appears there. Forecasting a batch is ``stream.inference``.
 
 A model is used by one thread at a time: the worker loads and warms it, the loop uses
 it once swapped in. TensorFlow is imported only when a model loads (``streamcast.model``).
@@ -21,7 +23,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -35,12 +36,10 @@ from streamcast.learn.registry import (
     serving_order,
 )
 from streamcast.stream.batcher import Ready
-from streamcast.stream.bootstrap import Bootstrap, Waiting
-from streamcast.stream.messages import DeadLetter, Readings, RebuiltRecord, encode_reading
+from streamcast.stream.bootstrap import AwaitingTrainer, Bootstrap, Reports, Waiting
+from streamcast.stream.inference import BatchInference, Forecasts, Served
+from streamcast.stream.messages import Readings
 from streamcast.stream.windows import WindowStore
-
-if TYPE_CHECKING:
-    from streamcast.model.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -48,25 +47,6 @@ REGISTRY_CHECK_S = 5.0
 # A version directory without its meta.json / model.keras (a cp -r or rsync in progress)
 # is waited for this long without progress before it is rejected as an error.
 INCOMPLETE_GRACE_S = 120.0
-
-
-@dataclass
-class Served:
-    """A model ready to answer: its version and compiled, warmed predictor."""
-
-    version: int
-    predictor: Predictor
-    load_seconds: float = 0.0
-
-
-class Forecasts(NamedTuple):
-    """A batch's outcome: the windows forecast, their forecasts, the dead letters of the
-    windows that could not be, and the version that made every one of them."""
-
-    batch: Ready
-    values: np.ndarray
-    letters: list[DeadLetter]
-    version: int
 
 
 @dataclass
@@ -85,7 +65,7 @@ class Serving:
     ``on_loaded(version, seconds)`` reports every model put into service,
     ``on_swapped(old, new)`` every hot swap while running (promotions and rollbacks);
     ``pause_input`` / ``resume_input``, ``status`` and ``waiting`` serve version 1's
-    bootstrap (``stream.bootstrap``).
+    bootstrap, or the wait for the trainer's (``stream.bootstrap``).
     """
 
     def __init__(
@@ -104,14 +84,18 @@ class Serving:
         self.spec = settings.model
         self.store = store
         self.registry = ModelRegistry(settings.registry.path, keep=settings.registry.keep)
+        self.inference = BatchInference(settings, store)
         self.served: Served | None = None
         self.bootstrap: Bootstrap | None = None
+        self.awaiting: AwaitingTrainer | None = None  # serve-only: the trainer's version 1
         self._on_loaded = on_loaded
         self._on_swapped = on_swapped or (lambda old, new: None)
-        self._pause_input = pause_input
-        self._resume_input = resume_input
-        self._status = status
-        self._waiting: Waiting = waiting or (lambda reason, progress: None)
+        self._reports = Reports(
+            pause_input=pause_input,
+            resume_input=resume_input,
+            status=status,
+            waiting=waiting or (lambda reason, progress: None),
+        )
         self._loading: _Load | None = None  # the one load in flight
         self._next_check = 0.0
         self._rejected_version = 0  # the newest version rejected so far (0: none)
@@ -140,25 +124,29 @@ class Serving:
     # -- start-up ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve the current version (or the best usable one), or start gathering history
-        for the first one. Raises StartupError when versions exist but none is usable."""
+        """Serve the current version (or the best usable one); without one, wait for the
+        trainer's (``training.online: false``) or start gathering history for version 1.
+        Raises StartupError when versions exist but none is usable and this one trains."""
         versions = self.registry.versions()
-        if versions:
-            self._serve_first_usable(versions)
+        failures = self._serve_first_usable(versions) if versions else []
+        if self.served is not None:
             return
+        if not self.settings.training.online:
+            self.awaiting = AwaitingTrainer(self.registry, **self._reports)
+            self.awaiting.begin(failures)
+            return
+        if failures:
+            raise StartupError(
+                f"no usable model version in {self.registry.path}: " + "; ".join(failures)
+            )
         self.bootstrap = Bootstrap(
-            self.settings,
-            self.registry,
-            pause_input=self._pause_input,
-            resume_input=self._resume_input,
-            status=self._status,
-            waiting=self._waiting,
-            clock=lambda: self.clock(),
+            self.settings, self.registry, clock=lambda: self.clock(), **self._reports
         )
         self.bootstrap.begin()
 
-    def _serve_first_usable(self, versions: list[int]) -> None:
-        """Try the versions in ``serving_order``; the first that loads is served.
+    def _serve_first_usable(self, versions: list[int]) -> list[str]:
+        """Try the versions in ``serving_order``; the first that loads is served. Returns
+        why each failed when none did.
 
         A version that is incomplete or fails the registry's checks is logged and the next
         one tried (and remembered, so the registry check does not retry it until its files
@@ -204,10 +192,8 @@ class Serving:
                     failures[0],
                     extra={"ctx": {"model_version": version}},
                 )
-            return
-        raise StartupError(
-            f"no usable model version in {self.registry.path}: " + "; ".join(failures)
-        )
+            return []
+        return failures
 
     # -- the loop's calls ----------------------------------------------------------------
 
@@ -218,7 +204,8 @@ class Serving:
 
     def maintain(self) -> None:
         """Swap in a version whose load finished, advance the first model's bootstrap, or
-        check the registry and start loading another version. Never waits for a load."""
+        check the registry and start loading another version (or, waiting for the
+        trainer's, the first). Never waits for a load."""
         now = self.clock()
         if self._loading is not None:
             if not self._loading.future.done():
@@ -232,69 +219,22 @@ class Serving:
         if self._loading is None and now >= self._next_check:
             self._next_check = now + REGISTRY_CHECK_S
             self._check_registry(now)
+            if self.awaiting is not None:  # said at every check: start-up's READY said another
+                self.awaiting.checked(self.loading)
 
     def forecast_batch(self, batch: Ready) -> Forecasts:
-        """Forecast a batch with the serving version, naming it.
-
-        A window the model cannot forecast on its own (its inference fails, or its
-        forecast is not finite) is dead-lettered; the rest of the batch goes on. When
-        no window of a batch of several can be forecast, the failure is not tied to a
-        record (a broken model, an exhausted device) and is raised.
-        """
+        """Forecast a batch with the serving version, naming it; what cannot be forecast
+        is dead-lettered (``BatchInference.forecast``). Each part goes through ``infer``."""
         served = self.served
         assert served is not None
-        rows, forecast, failed = self._bisect(batch, np.arange(len(batch)))
+        done = self.inference.forecast(served, batch, infer=self.infer)
         assert self.served is served  # swaps happen in maintain(), between batches
-        if failed and not len(rows) and len(batch) > 1:
-            raise failed[0][1]
-        letters = [
-            self._unforecastable(batch, i, "inference_failed", f"{type(e).__name__}: {e}")
-            for i, e in failed
-        ]
-        finite = np.isfinite(forecast).all(axis=(1, 2))
-        for i in rows[~finite].tolist():
-            letters.append(self._unforecastable(batch, i, "non_finite_forecast", "not finite"))
-        rows, forecast = rows[finite], forecast[finite]
-        return Forecasts(batch.select(rows), forecast, letters, served.version)
-
-    def _bisect(
-        self, batch: Ready, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Exception]]]:
-        """Forecast ``rows`` of ``batch``; a failing part is halved until the windows
-        that fail alone are found: (rows forecast, forecasts, [(row, error)])."""
-        try:
-            return rows, self.infer(batch.select(rows) if len(rows) < len(batch) else batch), []
-        except Exception as exc:
-            if len(rows) == 1:
-                none = np.empty((0, self.spec.horizon, self.spec.num_features), np.float32)
-                return rows[:0], none, [(int(rows[0]), exc)]
-            half = len(rows) // 2
-            left, right = self._bisect(batch, rows[:half]), self._bisect(batch, rows[half:])
-            return (
-                np.concatenate([left[0], right[0]]),
-                np.concatenate([left[1], right[1]]),
-                left[2] + right[2],
-            )
-
-    def _unforecastable(self, batch: Ready, i: int, reason: str, detail: str) -> DeadLetter:
-        """The dead letter of a window's last reading, re-encoded (its bytes are gone by now)."""
-        sensor = batch.sensors[i]
-        record = RebuiltRecord(
-            topic=self.settings.kafka.input_topic,
-            partition=int(batch.partitions[i]),
-            offset=int(batch.offsets[i]),
-            timestamp=int(batch.log_ts[i] * 1000),
-            key=sensor.encode(),
-            value=encode_reading(sensor, float(batch.ts[i]), batch.windows[i, -1]),
-        )
-        return DeadLetter.of(record, reason, detail)
+        return done
 
     def infer(self, batch: Ready) -> np.ndarray:
         """Seed states, run the batch through the serving model: (n, horizon, features)."""
         assert self.served is not None
-        if self.spec.seeding == "carry":
-            return self._infer_carried(batch)
-        return self.served.predictor.predict(batch.windows, batch.truths).forecast
+        return self.inference.infer(self.served, batch)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop version 1's training; give a load in flight a moment to finish its work."""
@@ -302,33 +242,6 @@ class Serving:
             self.bootstrap.stop()
         if self._loading is not None:
             self._loading.thread.join(timeout_s)
-
-    # -- carry mode ----------------------------------------------------------------------
-
-    def _infer_carried(self, batch: Ready) -> np.ndarray:
-        """Carry mode: each window starts from its sensor's states after the previous one.
-
-        A batch may hold several windows of one sensor (a burst, a catch-up); the
-        k-th of them runs in round k, after round k-1 stored the states it needs.
-        """
-        assert self.served is not None
-        order = np.argsort(batch.slots, kind="stable")
-        sorted_slots = batch.slots[order]
-        starts = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
-        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order)) - first_of_group
-        forecast = np.empty((len(batch), self.spec.horizon, self.spec.num_features), np.float32)
-        for r in range(int(rank.max()) + 1 if len(rank) else 0):
-            rows = np.flatnonzero(rank == r)
-            slots, generations = batch.slots[rows], batch.generations[rows]
-            carry, has_carry = self.store.carried.get(slots, generations)
-            prediction = self.served.predictor.predict(
-                batch.windows[rows], batch.truths[rows], carry, has_carry
-            )
-            self.store.carried.put(slots, generations, prediction.states)
-            forecast[rows] = prediction.forecast
-        return forecast
 
     # -- loading and swapping ------------------------------------------------------------
 
@@ -342,27 +255,8 @@ class Serving:
 
     def _prepare(self, version: int) -> Served:
         """Load, check, compile and warm a version: the worker thread's whole job."""
-        from streamcast.model.predictor import Predictor
-
         started = time.perf_counter()
-        loaded = self.registry.load(version, expect=self.spec)
-        stored = loaded.cfg
-        if stored.seeding != self.spec.seeding or (
-            self.spec.seeding == "carry" and stored.units != self.spec.units
-        ):
-            raise ModelMismatchError(
-                f"model version {loaded.version} was built for seeding={stored.seeding} "
-                f"units={list(stored.units)} but the configuration asks for "
-                f"seeding={self.spec.seeding} units={list(self.spec.units)}"
-            )
-        inference = self.settings.inference
-        # The model's own shape (its units may differ from the config's, which only
-        # decide the shape of models trained from now on).
-        predictor = Predictor(
-            loaded.model, stored, max_batch=inference.max_batch, jit_compile=inference.jit_compile
-        )
-        predictor.warmup()
-        return Served(loaded.version, predictor, time.perf_counter() - started)
+        return self.inference.prepare(self.registry.load(version, expect=self.spec), started)
 
     def _serve(self, served: Served) -> None:
         """Put a warmed model into service (on the loop's thread, between batches)."""
@@ -426,6 +320,9 @@ class Serving:
             return
         self._incomplete.pop(load.version, None)
         self._serve(served)
+        if self.awaiting is not None:  # the trainer's first version: the input flows again
+            self.awaiting.finish()
+            self.awaiting = None
 
     def _check_registry(self, now: float) -> None:
         """Start loading the version the pointer names, if it is another one and can be
@@ -435,16 +332,16 @@ class Serving:
         Skipped: versions rejected whose files have not changed since (a fingerprint of
         names, sizes and mtimes), and versions still missing files within the grace
         period (without a pointer, in favour of the next older one). An unreadable
-        pointer is logged once and keeps the served model.
+        pointer is logged once and keeps the served model. Waiting for the trainer's first
+        version, every version is above the served one (0).
         """
-        assert self.served is not None
-        served = self.served.version
+        served = self.version or 0
         try:
             pointer = self.registry.pointer()
         except RegistryError as exc:
             if str(exc) != self._pointer_error:
                 self._pointer_error = str(exc)
-                logger.error("%s; still serving version %d", exc, served)
+                logger.error("%s; %s", exc, self._meanwhile())
             return
         self._pointer_error = ""
         versions = self.registry.versions()
@@ -484,10 +381,15 @@ class Serving:
         if isinstance(why, Exception) and not isinstance(why, RegistryError | ModelMismatchError):
             why = f"{type(why).__name__}: {why}"
         logger.error(
-            "model version %d rejected, still serving version %s (tried again if its files "
-            "change): %s",
+            "model version %d rejected, %s (tried again if its files change): %s",
             version,
-            self.version,
+            self._meanwhile(),
             why,
             extra={"ctx": {"model_version": version}},
         )
+
+    def _meanwhile(self) -> str:
+        """What goes on while a version cannot be served, for the log."""
+        if self.served is None:
+            return "still waiting for a usable first version"
+        return f"still serving version {self.served.version}"

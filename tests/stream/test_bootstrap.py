@@ -1,6 +1,8 @@
 """The first model: gathering history from the stream says what it waits for and how far it
 got (to the status line and to ``/readyz``), enough history trains version 1 with the input
-paused, and the input resumes once version 1 (loaded off the loop) is served.
+paused, and the input resumes once version 1 (loaded off the loop) is served. A daemon that
+only serves (``training.online: false``) gathers nothing and trains nothing: it waits for
+the trainer's first version with the input paused, and serves it once it appears.
 
 The trainer process is replaced by a fake that finishes when told, so these tests run in
 seconds; the real one is exercised by the integration tests.
@@ -23,9 +25,15 @@ from streamcast.learn.registry import ModelRegistry
 from streamcast.model import build_forecaster
 from streamcast.ops.probes import Health
 from streamcast.stream import bootstrap as bootstrap_module
-from streamcast.stream.bootstrap import GATHERING, PROGRESS_EVERY_S, TRAINING, Bootstrap
+from streamcast.stream.bootstrap import (
+    GATHERING,
+    PROGRESS_EVERY_S,
+    TRAINING,
+    WAITING,
+    Bootstrap,
+)
 from streamcast.stream.messages import Readings
-from streamcast.stream.serving import Serving
+from streamcast.stream.serving import REGISTRY_CHECK_S, Serving
 from streamcast.stream.windows import WindowStore
 
 CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
@@ -33,12 +41,12 @@ NEEDED = 50
 STEP_S = 900.0
 
 
-def _settings(registry: Path) -> Settings:
+def _settings(registry: Path, *, online: bool = True) -> Settings:
     return Settings(
         window={"num_steps": CFG.num_steps, "gap_factor": 4.0},
         model={"num_features": 2, "units": [8], "horizon": 4, "dropout": 0.0},
         inference={"max_batch": 2, "jit_compile": "off"},
-        training={"bootstrap_windows": NEEDED, "history_bytes": 3 * 2**20},
+        training={"bootstrap_windows": NEEDED, "history_bytes": 3 * 2**20, "online": online},
         registry={"path": registry},
     )
 
@@ -235,3 +243,102 @@ def test_serving_trains_version_1_then_loads_it_off_the_loop(
     assert "waiting_for" not in reported.readyz()
     serving.stop()
     assert not jobs[0].stopped  # finished: nothing to stop
+
+
+# -- a daemon that only serves: the trainer's first version -----------------------------------
+
+
+@pytest.fixture
+def no_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gathering history for version 1 fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a daemon that only serves gathered history")
+
+    monkeypatch.setattr(bootstrap_module, "History", refuse)
+
+
+def _serve_only(tmp_path: Path, reported: Reported, loaded: list[int]) -> Serving:
+    serving = Serving(
+        _settings(tmp_path / "registry", online=False),
+        WindowStore(4, CFG.num_steps, CFG.num_features),
+        on_loaded=lambda version, seconds: loaded.append(version),
+        **reported.callbacks(),
+    )
+    serving.clock = Clock()
+    return serving
+
+
+def _settle(serving: Serving) -> None:
+    """Let the load in flight finish and be collected, as the loop's next maintain would."""
+    while (load := serving._loading) is not None:
+        load.future.exception(timeout=60)
+        serving.maintain()
+
+
+def _step(serving: Serving, seconds: float = REGISTRY_CHECK_S) -> None:
+    assert isinstance(serving.clock, Clock)
+    serving.clock.now += seconds
+    serving.maintain()
+
+
+@pytest.mark.usefixtures("no_history")
+def test_serve_only_waits_for_the_trainers_first_version_with_the_input_paused(
+    tmp_path: Path, jobs: list[FakeJob]
+) -> None:
+    keras.utils.set_random_seed(3)
+    reported, loaded = Reported(), []
+    serving = _serve_only(tmp_path, reported, loaded)
+    serving.start()
+    assert serving.awaiting is not None
+    assert (serving.bootstrap, serving.gathering, serving.version) == (None, False, None)
+    assert reported.input == ["pause"]  # nothing is read, so nothing is committed unforecast
+    assert reported.lines == [("waiting", WAITING)]
+    assert reported.readyz() == {
+        "status": "not_ready",
+        "reasons": ["no_model", "no_partitions", "broker_unreachable"],
+        "phase": "waiting",
+        "waiting_for": "a first model version from the trainer",
+    }
+
+    serving.observe(_readings(3, range(60)))  # (the paused input brings none; kept nowhere)
+    serving.maintain()  # the loop's first turn: a registry check, said again after READY
+    for _ in range(3):
+        _step(serving)
+    assert serving.loading is None and jobs == []
+    assert reported.lines[-1] == ("waiting", WAITING) and reported.input == ["pause"]
+
+    ModelRegistry(tmp_path / "registry").save(build_forecaster(CFG), CFG)  # the trainer's
+    _step(serving, REGISTRY_CHECK_S / 2)
+    assert serving.loading is None  # the next check is not due yet
+    _step(serving, REGISTRY_CHECK_S / 2)
+    assert serving.loading == 1  # off the loop, as version 1 of the bootstrap is
+    assert reported.lines[-1] == ("loading", "loading the first model (version 1)")
+    assert reported.readyz()["waiting_for"] == "loading the first model"
+    assert reported.input == ["pause"]  # held until it serves
+    _settle(serving)
+    assert (serving.version, loaded, serving.awaiting) == (1, [1], None)
+    assert reported.input == ["pause", "resume"]
+    assert "waiting_for" not in reported.readyz()
+    assert jobs == []
+
+
+@pytest.mark.usefixtures("no_history")
+def test_serve_only_waits_past_unusable_versions_instead_of_failing_start_up(
+    tmp_path: Path, jobs: list[FakeJob]
+) -> None:
+    reported, loaded = Reported(), []
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.version_path(1).mkdir(parents=True)  # a copy in progress
+    serving = _serve_only(tmp_path, reported, loaded)
+    serving.start()  # a serving daemon that trains would stop here (StartupError)
+    assert serving.awaiting is not None and reported.input == ["pause"]
+    assert reported.readyz()["waiting_for"] == WAITING
+    _step(serving)
+    assert serving.loading is None  # unchanged since start-up: not tried again yet
+
+    assert registry.save(build_forecaster(CFG), CFG) == 2  # promoted: the pointer names it
+    _step(serving)
+    _settle(serving)
+    assert (serving.version, loaded, reported.input) == (2, [2], ["pause", "resume"])
+    assert jobs == []
