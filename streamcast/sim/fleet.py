@@ -64,6 +64,7 @@ class SensorFleet:
         self.level = np.exp(rng.uniform(math.log(10.0), math.log(200.0), s))
         self.amplitude = self.level * rng.uniform(0.1, 0.4, s)
         self.phase = rng.uniform(0.0, _TWO_PI, s)
+        self.period_s = np.full(s, DAY_S)  # the main cycle; a regime change may move it
         self.harm2 = self.amplitude * rng.uniform(0.1, 0.4, s)
         self.harm2_phase = rng.uniform(0.0, _TWO_PI, s)
         self.weekly = self.amplitude * rng.uniform(0.05, 0.3, s)
@@ -91,14 +92,15 @@ class SensorFleet:
         """The noise-free part of feature 0 at times ``ts``: shape (len(ts), sensors)."""
         t = ts[:, None]
         days = (t - self.start_ts) / DAY_S
-        daily = _TWO_PI * t / DAY_S
-        return (
+        daily = _TWO_PI * t / self.period_s
+        clean: np.ndarray = (
             self.level
             + self.trend_per_day * days
             + self.amplitude * np.sin(daily + self.phase)
             + self.harm2 * np.sin(2.0 * daily + self.harm2_phase)
             + self.weekly * np.sin(_TWO_PI * t / WEEK_S + self.weekly_phase)
         )
+        return clean
 
     @property
     def next_ts(self) -> float:
@@ -141,12 +143,15 @@ class SensorFleet:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         return self._advance(n_steps)
 
-    def regime_change(self, sensor: int | None = None) -> None:
-        """Shift level, amplitude and phase for one sensor (or all) from now on.
+    def regime_change(self, sensor: int | None = None, *, period_factor: float = 1.0) -> None:
+        """Shift level, amplitude and phase for one sensor (or all) from now on, and
+        scale the main cycle's period by ``period_factor``.
 
         Drawn from its own random stream, so the noise after the change is the same as it
         would have been without it; only the underlying pattern moves.
         """
+        if period_factor <= 0:
+            raise ValueError(f"period_factor must be > 0, got {period_factor}")
         idx = np.arange(self.sensors) if sensor is None else np.array([sensor])
         if sensor is not None and not 0 <= sensor < self.sensors:
             raise IndexError(f"sensor {sensor} out of range 0..{self.sensors - 1}")
@@ -155,6 +160,7 @@ class SensorFleet:
         self.level[idx] += sign * self.amplitude[idx] * self._regime.uniform(0.5, 1.5, n)
         self.amplitude[idx] *= self._regime.uniform(0.6, 1.6, n)
         self.phase[idx] += self._regime.uniform(-math.pi / 4, math.pi / 4, n)
+        self.period_s[idx] *= period_factor
         logger.info("regime change sensors=%s", [self.sensor_ids[i] for i in idx])
 
 

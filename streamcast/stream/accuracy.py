@@ -234,8 +234,16 @@ class LiveAccuracy:
         event_time = float(np.partition(ts, n // 2)[n // 2])  # the median, near enough
         if event_time > self._event_time:
             self._event_time = event_time
+        scored = self._match(readings)
+        # Expire after matching: a poll that catches up on a backlog holds many steps at
+        # once, and the readings in it must still score the forecasts they cover.
         if self._event_time >= self._next_expiry:
             self._expire()
+        return scored
+
+    def _match(self, readings: Readings) -> int:
+        n = len(readings)
+        ts = readings.ts
         rows = np.fromiter(
             map(self._row_of.get, readings.sensors, repeat(-1, n)), np.int64, count=n
         )
