@@ -223,7 +223,8 @@ class AwaitingTrainer:
         """Pause the input and say so; ``unusable``: why the versions there are skipped."""
         logger.info(
             "registry %s holds no usable model version%s: waiting for the trainer's first "
-            "(training.online is false), input paused",
+            "(training.online is false, or another replica holds the registry's lease), "
+            "input paused",
             self.registry.path,
             f" ({'; '.join(unusable)})" if unusable else "",
         )
@@ -249,6 +250,6 @@ class AwaitingTrainer:
 
     def finish(self) -> None:
         """The first version is served: the input flows again from where it stopped."""
-        logger.info("first model version from the trainer served: input resumed")
+        logger.info("no longer waiting for the trainer's first version: input resumed")
         self._waiting(None, None)
         self._resume_input()

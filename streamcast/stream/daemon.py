@@ -87,6 +87,7 @@ class Daemon:
             status=self._status,
             on_swapped=self._swapped,
             waiting=self.health.waiting_for,
+            claim=lambda: self.retraining.claim(),
         )
         self.retraining = Retraining(settings, self.metrics, self._champion)
         self._forecasting = False

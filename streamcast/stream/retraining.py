@@ -81,6 +81,14 @@ class Retraining:
         """Whether this process is the registry's trainer now."""
         return self.training.online and self.lease.held
 
+    def claim(self) -> bool:
+        """Take (or keep) the registry's lease now: whether this process may train,
+        version 1 included. False when training.online is false."""
+        if not self.training.online:
+            return False
+        self._keep_lease(self.clock())
+        return self.lease.held
+
     def observe(self, readings: Readings) -> None:
         if self.trainer and len(readings):
             self.buffer.add(readings)

@@ -79,6 +79,7 @@ class Serving:
         status: Callable[[str, str], None],
         on_swapped: Callable[[int, int], None] | None = None,
         waiting: Waiting | None = None,
+        claim: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.spec = settings.model
@@ -90,6 +91,9 @@ class Serving:
         self.awaiting: AwaitingTrainer | None = None  # serve-only: the trainer's version 1
         self._on_loaded = on_loaded
         self._on_swapped = on_swapped or (lambda old, new: None)
+        # Whether this process may train version 1: replicas sharing an empty registry
+        # elect one through its lease; the others wait for what it promotes.
+        self._claim = claim or (lambda: True)
         self._reports = Reports(
             pause_input=pause_input,
             resume_input=resume_input,
@@ -131,7 +135,7 @@ class Serving:
         failures = self._serve_first_usable(versions) if versions else []
         if self.served is not None:
             return
-        if not self.settings.training.online:
+        if not self.settings.training.online or (not failures and not self._claim()):
             self.awaiting = AwaitingTrainer(self.registry, **self._reports)
             self.awaiting.begin(failures)
             return
@@ -221,6 +225,26 @@ class Serving:
             self._check_registry(now)
             if self.awaiting is not None:  # said at every check: start-up's READY said another
                 self.awaiting.checked(self.loading)
+                self._take_over_if_alone()
+
+    def _take_over_if_alone(self) -> None:
+        """A replica waiting for another's version 1 trains it itself once the registry's
+        lease is free again (its holder died before promoting anything)."""
+        if (
+            self.awaiting is None
+            or self._loading is not None
+            or not self.settings.training.online
+            or self.registry.versions()
+            or not self._claim()
+        ):
+            return
+        logger.info("the replica training version 1 is gone: this one takes over")
+        self.awaiting.finish()
+        self.awaiting = None
+        self.bootstrap = Bootstrap(
+            self.settings, self.registry, clock=lambda: self.clock(), **self._reports
+        )
+        self.bootstrap.begin()
 
     def forecast_batch(self, batch: Ready) -> Forecasts:
         """Forecast a batch with the serving version, naming it; what cannot be forecast

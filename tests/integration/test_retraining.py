@@ -27,7 +27,7 @@ from streamcast.sim.fleet import SensorFleet
 from streamcast.stream.accuracy import LiveAccuracy
 
 from ..waiting import wait_for
-from .conftest import Topics, produce_readings, settings_for
+from .conftest import Topics, fleet_readings, produce_readings, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +135,29 @@ def test_a_regime_change_is_learnt_promoted_and_served(
         f"{live_now:.3f} after"
     )
     assert live_now < live_v1
+
+
+def test_two_replicas_on_an_empty_registry_train_one_version_1(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_daemon: Any
+) -> None:
+    """One of them holds the registry's lease and trains version 1 from its partitions;
+    the other waits with its input paused, then serves what the first promoted."""
+    registry = tmp_path / "registry"
+    produce_readings(broker, topics.readings, fleet_readings(6, 400, seed=8))
+    settings = settings_for(
+        broker,
+        topics,
+        registry,
+        window={"num_steps": SPEC.num_steps},
+        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
+        inference={"max_batch": 64, "jit_compile": "off"},
+        training={"bootstrap_windows": 300, "max_seconds": 8, "max_epochs": 10},
+    )
+    a, b = start_daemon(settings), start_daemon(settings)
+    a.wait_ready(150)
+    b.wait_ready(150)
+    assert ModelRegistry(registry).versions() == [1]
+    assert a.daemon.serving.version == b.daemon.serving.version == 1
+    assert [a.daemon.retraining.trainer, b.daemon.retraining.trainer].count(True) == 1
+    assert a.stop() == 0
+    assert b.stop() == 0
