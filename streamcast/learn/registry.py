@@ -253,6 +253,7 @@ class ModelRegistry:
         self.path.mkdir(parents=True, exist_ok=True)
         self._sweep_stale()
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.path))
+        tmp.chmod(0o755)  # as readable as the pointer: daemons may run as another user
         try:
             model_file = tmp / MODEL_FILE
             model.save(str(model_file))
