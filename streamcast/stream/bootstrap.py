@@ -88,10 +88,11 @@ class Bootstrap:
         self.registry = registry
         span = self.spec.num_steps + 1 + self.spec.horizon
         training = settings.training
+        #: Readings kept per sensor: enough for a chronological validation part of its own.
+        self.per_sensor = math.ceil(2 * span / training.validation_fraction)
         self.history = History(
             self.spec.num_features,
-            # enough for a chronological validation part of its own per sensor
-            max_per_sensor=math.ceil(2 * span / training.validation_fraction),
+            max_per_sensor=self.per_sensor,
             max_bytes=training.history_bytes,
             span=span,
             gap_factor=settings.window.gap_factor,

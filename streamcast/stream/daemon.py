@@ -378,8 +378,12 @@ class Daemon:
     def _rebuild(self, committed: dict[int, int]) -> None:
         """Refill the windows of newly assigned partitions before they fetch (no output)."""
         budget_s = self.settings.kafka.max_poll_interval_ms / 2000  # stay in the group
-        for rebuilt in self.rebuild.run(committed, budget_s):
+        # While the first model's history is gathered, the topic's retention supplies it.
+        bootstrap = self.serving.bootstrap
+        need = bootstrap.per_sensor if bootstrap is not None else None
+        for rebuilt in self.rebuild.run(committed, budget_s, need=need):
             self.store.append(rebuilt.readings, emit=False)
+            self.serving.observe(rebuilt.readings)  # kept only while gathering
 
     def _on_assigned(self, partitions: set[int]) -> None:
         """Partitions added to this member (rebalances are incremental: the rest stay)."""

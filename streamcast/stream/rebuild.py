@@ -167,11 +167,17 @@ class WindowRebuild:
             )
         return self._reader
 
-    def run(self, committed: Mapping[int, int], budget_s: float) -> Iterator[Rebuilt]:
-        """Read back each partition from its committed offset, all within ``budget_s``."""
+    def run(
+        self, committed: Mapping[int, int], budget_s: float, *, need: int | None = None
+    ) -> Iterator[Rebuilt]:
+        """Read back each partition from its committed offset, all within ``budget_s``.
+
+        ``need``: readings per sensor, when more than a window's are wanted (the first
+        model's history, read from the topic's retention instead of waited for).
+        """
         deadline = time.monotonic() + budget_s
         for partition, end in sorted(committed.items()):
-            rebuilt = self.partition(partition, end, deadline)
+            rebuilt = self.partition(partition, end, deadline, need or self.need)
             log = logger.info if rebuilt.complete else logger.warning
             log(
                 "windows rebuilt topic=%s partition=%d records=%d sensors=%d cold=%d "
@@ -186,13 +192,16 @@ class WindowRebuild:
             )
             yield rebuilt
 
-    def partition(self, partition: int, end: int, deadline: float) -> Rebuilt:
+    def partition(
+        self, partition: int, end: int, deadline: float, need: int | None = None
+    ) -> Rebuilt:
         """Read back from ``end`` (exclusive) until every sensor seen is satisfied.
 
         ``deadline`` (monotonic) bounds the time: past it, what was read is used and
         the rest of the sensors start cold, with a warning.
         """
         started = time.monotonic()
+        need = need or self.need
         tp = TopicPartition(self.topic, partition)
         tally = _Tally()
         parts: list[Readings] = []
@@ -210,19 +219,19 @@ class WindowRebuild:
                 lo = max(begin, hi - chunk, hi - (self.max_records - read))
                 records = self._read(reader, tp, lo, hi, deadline)
                 read += len(records)
-                self._keep(records, tally, parts)
+                self._keep(records, tally, parts, need)
                 self.tick()
                 if len(records) < hi - lo and time.monotonic() > deadline:
                     complete = False
                     break
-                if tally.satisfied(self.need, self.gap_factor).all():
+                if tally.satisfied(need, self.gap_factor).all():
                     break
                 hi, chunk = lo, min(2 * chunk, _MAX_CHUNK)
         except (KafkaError, OSError) as exc:
             logger.warning("window rebuild cut short partition=%d error=%s", partition, exc)
             complete = False
         parts.reverse()  # read newest first, applied oldest first
-        cold = int((tally.count < self.need).sum()) if len(tally.count) else 0
+        cold = int((tally.count < need).sum()) if len(tally.count) else 0
         return Rebuilt(
             partition=partition,
             readings=_concat(parts, self.num_features),
@@ -255,7 +264,7 @@ class WindowRebuild:
                 return out
             self.tick()
 
-    def _keep(self, records: list[Any], tally: _Tally, parts: list[Readings]) -> None:
+    def _keep(self, records: list[Any], tally: _Tally, parts: list[Readings], need: int) -> None:
         """Decode a chunk and keep, per sensor, the readings its window still needs."""
         if not records:
             return
@@ -263,7 +272,7 @@ class WindowRebuild:
         if not len(readings):
             return
         codes = tally.encode(readings.sensors)
-        room = np.maximum(self.need - tally.count, 0)
+        room = np.maximum(need - tally.count, 0)
         keep = _newest_per_sensor(codes, room)
         tally.add(codes, readings.ts)
         if keep.any():

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamcast.config import ModelSpec, TrainingSettings
 from streamcast.learn.fit import train
@@ -161,3 +162,45 @@ def test_two_replicas_on_an_empty_registry_train_one_version_1(
     assert [a.daemon.retraining.trainer, b.daemon.retraining.trainer].count(True) == 1
     assert a.stop() == 0
     assert b.stop() == 0
+
+
+def test_the_first_model_learns_from_the_topics_retention(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_daemon: Any
+) -> None:
+    """The group has committed everything already (say the registry was lost): version 1
+    is trained from the history the topic still holds, read back from the committed
+    offsets, instead of waiting for days of new readings."""
+    produce_readings(broker, topics.readings, fleet_readings(6, 400, seed=9))
+    # Commit the end of every partition for the daemon's group, without joining it.
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id=topics.group, enable_auto_commit=False
+    )
+    try:
+        parts = [
+            TopicPartition(topics.readings, p)
+            for p in consumer.partitions_for_topic(topics.readings)
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 60
+        while sum(ends.values()) < 6 * 400 and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                ends[tp] = batch[-1].offset + 1  # (the broker's end offsets run behind)
+        assert sum(ends.values()) == 6 * 400
+        consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in ends.items()})
+    finally:
+        consumer.close()
+    settings = settings_for(
+        broker,
+        topics,
+        tmp_path / "registry",
+        window={"num_steps": SPEC.num_steps},
+        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
+        inference={"max_batch": 64, "jit_compile": "off"},
+        training={"bootstrap_windows": 300, "max_seconds": 8, "max_epochs": 10},
+    )
+    running = start_daemon(settings)
+    running.wait_ready(150)  # no reading arrives after the commit: all of it is history
+    assert running.daemon.serving.version == 1
+    assert running.stop() == 0
