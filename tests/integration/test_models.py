@@ -35,6 +35,10 @@ from .conftest import (
 
 pytestmark = pytest.mark.integration
 
+# Versions come and go here: uncompiled inference loads each in about a second
+# (the compiled path has tests of its own).
+UNCOMPILED = {"max_batch": 64, "max_wait_ms": 20, "jit_compile": "off"}
+
 
 def _add_corrupt_version(registry: Path, scratch: Path) -> int:
     """A new version whose checksum no longer matches its model file, appearing in the
@@ -85,7 +89,7 @@ def test_daemon_follows_the_pointer_without_a_restart_and_skips_bad_versions(
     readings = fleet_readings(2, 97 + 30, seed=11)
     first, later = readings[: 2 * 100], readings[2 * 100 :]
     produce_readings(broker, topics.readings, first)
-    running = start_daemon(settings_for(broker, topics, registry))
+    running = start_daemon(settings_for(broker, topics, registry, inference=UNCOMPILED))
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     assert {d["model_version"] for d in forecasts_of(got)} == {1}
 
@@ -141,7 +145,7 @@ def test_corrupt_current_version_at_start_up_falls_back_to_the_one_served_before
         fh.write(b"\0")  # corrupted after its promotion
 
     produce_readings(broker, topics.readings, fleet_readings(2, 100, seed=13))
-    running = start_daemon(settings_for(broker, topics, registry))
+    running = start_daemon(settings_for(broker, topics, registry, inference=UNCOMPILED))
     running.wait_ready()
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     # Version 1, served before the current one, not the newer never-promoted version 3.

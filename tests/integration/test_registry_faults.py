@@ -33,6 +33,10 @@ from .conftest import (
 
 pytestmark = pytest.mark.integration
 
+# Versions come and go here: uncompiled inference loads each in about a second
+# (the compiled path has tests of its own).
+UNCOMPILED = {"max_batch": 64, "max_wait_ms": 20, "jit_compile": "off"}
+
 
 def _staged_copy_source(registry: Path, tmp_path: Path) -> Path:
     """The version to copy in, finished elsewhere."""
@@ -59,7 +63,7 @@ def test_hand_copied_version_is_served_after_promote(
     readings = fleet_readings(2, 97 + 30, seed=22)
     first, later = readings[: 2 * 100], readings[2 * 100 :]
     produce_readings(broker, topics.readings, first)
-    running = start_daemon(settings_for(broker, topics, registry))
+    running = start_daemon(settings_for(broker, topics, registry, inference=UNCOMPILED))
     serving = running.daemon.serving
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     assert {d["model_version"] for d in forecasts_of(got)} == {1}
@@ -115,7 +119,7 @@ def test_hand_copied_version_is_served_once_complete_without_a_pointer(
     readings = fleet_readings(2, 97 + 30, seed=21)
     first, later = readings[: 2 * 100], readings[2 * 100 :]
     produce_readings(broker, topics.readings, first)
-    running = start_daemon(settings_for(broker, topics, registry))
+    running = start_daemon(settings_for(broker, topics, registry, inference=UNCOMPILED))
     serving = running.daemon.serving
     got = consume(broker, topics.forecasts, until=lambda r: len(r) >= 2 * 4)
     assert {d["model_version"] for d in forecasts_of(got)} == {1}

@@ -43,6 +43,7 @@ def test_trainer_on_its_own_trains_version_1_and_daemons_only_serve(
     short = {  # a 24-step model: 400 readings per sensor are plenty to train and judge it
         "window": {"num_steps": 24},
         "model": {"units": [8, 8], "horizon": 8, "seeding": "truth"},
+        "inference": {"max_batch": 64, "jit_compile": "off"},  # loads in a second
     }
     training = {"bootstrap_windows": 300, "max_seconds": 20, "max_epochs": 40}
     settings = settings_for(broker, topics, registry, training=training, **short)
@@ -94,6 +95,7 @@ def test_serve_only_daemon_waits_for_the_trainers_first_model_and_loses_no_readi
     short = {
         "window": {"num_steps": 24},
         "model": {"units": [8], "horizon": 8, "seeding": "truth"},
+        "inference": {"max_batch": 64, "jit_compile": "off"},
     }
     settings = settings_for(broker, topics, registry, training={"online": False}, **short)
     running = start_daemon(settings)
