@@ -10,6 +10,11 @@ Errors are in raw units: a scored reading's error is |forecast - reading| averag
 features, and a bucket's MAE is the plain mean of its last ``window`` scored readings, so
 sensors with large values weigh more. The model and persistence are always scored on
 the same readings, so comparing the two (what an alert should do) is scale-consistent.
+
+A forecast is scored by readings that arrive after it was issued. While the daemon
+catches up on a backlog, a poll holds many steps of a sensor and the forecasts issued
+from it find their readings already past: the sample then thins until the stream is
+live again.
 """
 
 from __future__ import annotations

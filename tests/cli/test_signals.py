@@ -277,9 +277,10 @@ print("clean exit; handlers restored:", signal.getsignal(signal.SIGTERM) == sign
 """
 
 
-def _stop_script(hang: bool, grace: float | None, cleanup: list[Any]) -> subprocess.Popen[str]:
+def _spawn(script: str, *args: str, cleanup: list[Any]) -> subprocess.Popen[str]:
+    """Run ``script`` in its own session; return once it printed ``ready``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _STOP_SCRIPT, "hang" if hang else "-", str(grace or "-")],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -290,6 +291,10 @@ def _stop_script(hang: bool, grace: float | None, cleanup: list[Any]) -> subproc
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     return proc
+
+
+def _stop_script(hang: bool, grace: float | None, cleanup: list[Any]) -> subprocess.Popen[str]:
+    return _spawn(_STOP_SCRIPT, "hang" if hang else "-", str(grace or "-"), cleanup=cleanup)
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
@@ -349,17 +354,7 @@ with StopSignals(threading.Event()):
 
 
 def test_signals_that_land_on_another_thread_still_stop_at_once(cleanup: list[Any]) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _OTHER_THREAD_SCRIPT],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    cleanup.append(proc)
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == "ready\n"
+    proc = _spawn(_OTHER_THREAD_SCRIPT, cleanup=cleanup)
     code, out = _finish(proc, 10)
     assert code == EXIT_FORCED, out
 

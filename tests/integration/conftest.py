@@ -4,6 +4,7 @@ real ``streamcast run`` subprocess)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -63,23 +64,33 @@ class Topics:
     group: str
 
 
-@pytest.fixture
-def topics(broker: EmbeddedBroker) -> Iterator[Topics]:
+@contextlib.contextmanager
+def fresh_topics(broker: EmbeddedBroker, partitions: int = 3) -> Iterator[Topics]:
+    """Readings and forecast topics of ``partitions`` partitions, a dead-letter topic and a
+    group name, all unique; deleted afterwards."""
     tag = uuid.uuid4().hex[:8]
     t = Topics(f"readings-{tag}", f"forecasts-{tag}", f"dlq-{tag}", f"group-{tag}")
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     admin.create_topics(
         [
-            NewTopic(t.readings, num_partitions=3, replication_factor=1),
-            NewTopic(t.forecasts, num_partitions=3, replication_factor=1),
+            NewTopic(t.readings, num_partitions=partitions, replication_factor=1),
+            NewTopic(t.forecasts, num_partitions=partitions, replication_factor=1),
             NewTopic(t.dlq, num_partitions=1, replication_factor=1),
         ]
     )
-    yield t
     try:
-        admin.delete_topics([t.readings, t.forecasts, t.dlq])
+        yield t
     finally:
-        admin.close()
+        try:
+            admin.delete_topics([t.readings, t.forecasts, t.dlq])
+        finally:
+            admin.close()
+
+
+@pytest.fixture
+def topics(broker: EmbeddedBroker) -> Iterator[Topics]:
+    with fresh_topics(broker) as t:
+        yield t
 
 
 def train_registry(path: Path, spec: ModelSpec) -> Path:

@@ -11,7 +11,6 @@ true window, as an uninterrupted run would give it.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 from kafka import KafkaConsumer
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from streamcast.config import ModelSpec
 from streamcast.learn.registry import ModelRegistry
@@ -30,7 +28,7 @@ from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker
 from streamcast.stream.messages import encode_reading
 
-from .conftest import STEP_S, RunningDaemon, Topics, settings_for
+from .conftest import STEP_S, RunningDaemon, Topics, fresh_topics, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,21 +97,8 @@ class _Forecasts:
 
 @pytest.fixture
 def wide_topics(broker: EmbeddedBroker) -> Iterator[Topics]:
-    tag = uuid.uuid4().hex[:8]
-    t = Topics(f"readings-{tag}", f"forecasts-{tag}", f"dlq-{tag}", f"group-{tag}")
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    admin.create_topics(
-        [
-            NewTopic(t.readings, num_partitions=PARTITIONS, replication_factor=1),
-            NewTopic(t.forecasts, num_partitions=PARTITIONS, replication_factor=1),
-            NewTopic(t.dlq, num_partitions=1, replication_factor=1),
-        ]
-    )
-    try:
+    with fresh_topics(broker, PARTITIONS) as t:
         yield t
-    finally:
-        admin.delete_topics([t.readings, t.forecasts, t.dlq])
-        admin.close()
 
 
 def test_a_restart_leaves_none_of_20000_sensors_cold(

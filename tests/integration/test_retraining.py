@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streamcast.config import ModelSpec, TrainingSettings
+from streamcast.config import ModelSpec, Settings, TrainingSettings
 from streamcast.learn.fit import train
 from streamcast.learn.registry import ModelRegistry
 from streamcast.sim.broker import EmbeddedBroker
 from streamcast.sim.fleet import SensorFleet
 from streamcast.stream.accuracy import LiveAccuracy
+from streamcast.stream.messages import encode_reading
 
 from ..waiting import wait_for
 from .conftest import Topics, fleet_readings, produce_readings, settings_for
@@ -34,6 +35,24 @@ pytestmark = pytest.mark.integration
 
 SPEC = ModelSpec(num_steps=24, num_features=2, units=(8, 8), horizon=8, seeding="truth")
 SENSORS = 12
+
+
+FIRST_MODEL = {"bootstrap_windows": 300, "max_seconds": 8, "max_epochs": 10}
+
+
+def _settings(
+    broker: EmbeddedBroker, topics: Topics, registry: Path, training: dict[str, Any]
+) -> Settings:
+    """The short model, and uncompiled inference: versions load in about a second."""
+    return settings_for(
+        broker,
+        topics,
+        registry,
+        window={"num_steps": SPEC.num_steps},
+        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
+        inference={"max_batch": 64, "jit_compile": "off"},
+        training=training,
+    )
 
 
 def _readings(fleet: SensorFleet, ts: np.ndarray, values: np.ndarray) -> list[Any]:
@@ -66,13 +85,10 @@ def test_a_regime_change_is_learnt_promoted_and_served(
     fleet.regime_change(period_factor=0.5)
     ts_b, after = fleet.series(400)
 
-    settings = settings_for(
+    settings = _settings(
         broker,
         topics,
         registry,
-        window={"num_steps": SPEC.num_steps},
-        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
-        inference={"max_batch": 64, "jit_compile": "off"},  # loads in seconds
         training={  # one retraining, once the backlog is in: then no other until the end
             "interval_s": 3600,
             "every_examples": 6000,
@@ -96,7 +112,19 @@ def test_a_regime_change_is_learnt_promoted_and_served(
     wait_for(lambda: daemon.serving.version == 2, 30, "version 2 swapped in")
     live_v1 = _model_mae(daemon.accuracy.snapshot(model_version=1))
 
-    produce_readings(broker, topics.readings, _readings(fleet, ts_b[300:], after[:, 300:]))
+    # The rest as a live stream would bring it, a step at a time: live accuracy scores a
+    # forecast with readings that arrive after it.
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    try:
+        for k in range(300, len(ts_b)):
+            for sensor, ts, values in _readings(fleet, ts_b[k : k + 1], after[:, k : k + 1]):
+                producer.send(
+                    topics.readings, key=sensor.encode(), value=encode_reading(sensor, ts, values)
+                )
+            producer.flush()
+            time.sleep(0.02)
+    finally:
+        producer.close()
     last_ts = float(ts_b[-1 - SPEC.horizon])  # a forecast whose horizon is all in the topic
     serving = wait_for(lambda: daemon.serving.version, 5, "the served version")
     assert serving == outcome.version
@@ -145,15 +173,7 @@ def test_two_replicas_on_an_empty_registry_train_one_version_1(
     the other waits with its input paused, then serves what the first promoted."""
     registry = tmp_path / "registry"
     produce_readings(broker, topics.readings, fleet_readings(6, 400, seed=8))
-    settings = settings_for(
-        broker,
-        topics,
-        registry,
-        window={"num_steps": SPEC.num_steps},
-        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
-        inference={"max_batch": 64, "jit_compile": "off"},
-        training={"bootstrap_windows": 300, "max_seconds": 8, "max_epochs": 10},
-    )
+    settings = _settings(broker, topics, registry, training=FIRST_MODEL)
     a, b = start_daemon(settings), start_daemon(settings)
     a.wait_ready(150)
     b.wait_ready(150)
@@ -191,15 +211,7 @@ def test_the_first_model_learns_from_the_topics_retention(
         consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in ends.items()})
     finally:
         consumer.close()
-    settings = settings_for(
-        broker,
-        topics,
-        tmp_path / "registry",
-        window={"num_steps": SPEC.num_steps},
-        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
-        inference={"max_batch": 64, "jit_compile": "off"},
-        training={"bootstrap_windows": 300, "max_seconds": 8, "max_epochs": 10},
-    )
+    settings = _settings(broker, topics, tmp_path / "registry", training=FIRST_MODEL)
     running = start_daemon(settings)
     running.wait_ready(150)  # no reading arrives after the commit: all of it is history
     assert running.daemon.serving.version == 1

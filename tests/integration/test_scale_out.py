@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
 
 from streamcast.learn.registry import ModelRegistry
@@ -36,7 +34,7 @@ from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker, free_port
 from streamcast.stream.messages import encode_reading
 
-from .conftest import SPEC, Topics, fleet_readings, settings_for, spawn_run
+from .conftest import SPEC, Topics, fleet_readings, fresh_topics, settings_for, spawn_run
 
 pytestmark = pytest.mark.integration
 
@@ -248,21 +246,8 @@ def _expected(
 
 @pytest.fixture
 def scale_topics(broker: EmbeddedBroker) -> Iterator[Topics]:
-    tag = uuid.uuid4().hex[:8]
-    t = Topics(f"readings-{tag}", f"forecasts-{tag}", f"dlq-{tag}", f"group-{tag}")
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    admin.create_topics(
-        [
-            NewTopic(t.readings, num_partitions=PARTITIONS, replication_factor=1),
-            NewTopic(t.forecasts, num_partitions=PARTITIONS, replication_factor=1),
-            NewTopic(t.dlq, num_partitions=1, replication_factor=1),
-        ]
-    )
-    yield t
-    try:
-        admin.delete_topics([t.readings, t.forecasts, t.dlq])
-    finally:
-        admin.close()
+    with fresh_topics(broker, PARTITIONS) as t:
+        yield t
 
 
 def _dead_letters(broker: EmbeddedBroker, topic: str) -> int:
