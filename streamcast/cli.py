@@ -49,6 +49,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = daemon.run()
     if code == EXIT_STARTUP:
         print("streamcast: startup failed (see the log line above)", file=sys.stderr)
+    if daemon.serving.load_running():
+        # A model still compiling on a worker thread would abort the interpreter's exit
+        # (native threads cut mid-call): leave now, with the daemon's own exit code.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

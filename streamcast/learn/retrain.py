@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,9 +41,10 @@ class Outcome:
     version: int | None = None
     champion: int | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
-    examples: int = 0
+    examples: int = 0  # held-out examples the gate judged on
     seconds: float = 0.0
     detail: str = ""
+    trained_on: int = 0  # examples handed to the retraining (before the held-out cut)
 
     @classmethod
     def read(cls, path: Path) -> Outcome | None:
@@ -181,13 +183,20 @@ class RetrainingJob:
         )
         ctx = multiprocessing.get_context("spawn")
         self.process = ctx.Process(target=_run, args=args, name="streamcast-retrain", daemon=True)
+        self._starter = threading.Thread()  # replaced by start()
 
     def start(self) -> RetrainingJob:
-        self.process.start()
+        """Start the process from a helper thread: ``Process.start`` waits until the child
+        has read its arguments, a pipe's worth of replayed readings at a time, and the
+        loop must not wait with it."""
+        self._starter = threading.Thread(
+            target=self.process.start, name="streamcast-retrain-start", daemon=True
+        )
+        self._starter.start()
         return self
 
     def done(self) -> bool:
-        return not self.process.is_alive()
+        return not self._starter.is_alive() and not self.process.is_alive()
 
     def outcome(self) -> Outcome:
         """Once done: the outcome it wrote, or ``training_failed`` if it wrote none."""
@@ -199,9 +208,11 @@ class RetrainingJob:
                 detail=f"trainer process exited with code {self.process.exitcode}",
             )
         found.seconds = time.monotonic() - self.started
+        found.trained_on = self.examples
         return found
 
     def stop(self) -> None:
+        self._starter.join(timeout=30)
         if self.process.is_alive():
             self.process.terminate()
         self.process.join(timeout=5)

@@ -228,7 +228,9 @@ class Daemon:
                     "could not finish the last batch; its readings stay uncommitted",
                     extra={"ctx": self._ctx()},
                 )
-        self.serving.stop()
+        # A version loading in the background holds native threads that must not be cut
+        # at interpreter exit: let it finish within what is left of the bound.
+        self.serving.stop(timeout_s=max(1.0, deadline - time.monotonic()))
         self.retraining.stop()
         self._resources.close()
         self.notifier.close()
@@ -315,7 +317,8 @@ class Daemon:
     def maintain(self) -> None:
         """The model's lifecycle (swaps, the first model, retraining), then readiness."""
         self.serving.maintain()
-        self.retraining.maintain()
+        if not self.stop.is_set():  # no retraining starts once a stop was asked for
+            self.retraining.maintain()
         now = time.monotonic()
         if now >= self._accuracy_due:  # from the loop: never while observed() writes
             self.accuracy.export(self.metrics)

@@ -15,7 +15,6 @@ training to ``streamcast train --follow``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import socket
@@ -36,7 +35,8 @@ from streamcast.ops.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 LEASE_TTL_S = 120.0
-_LEASE_CHECK_S = 10.0  # how often a replica that is not the trainer asks for the lease
+_LEASE_CHECK_S = 10.0
+_GAUGES_S = 5.0  # how often a replica that is not the trainer asks for the lease
 
 
 def holder_name() -> str:
@@ -74,6 +74,7 @@ class Retraining:
         self.last: Outcome | None = None
         self._next_at = clock() + (0.0 if first_model else self.training.interval_s)
         self._lease_at = 0.0
+        self._gauges_at = 0.0
         self._workdir: Path | None = None  # where a retraining writes its outcome
 
     @property
@@ -100,8 +101,10 @@ class Retraining:
         now = self.clock()
         if now >= self._lease_at:
             self._keep_lease(now)
-        self.metrics.replay_examples.set(self.buffer.examples())
-        self.metrics.replay_bytes.set(self.buffer.nbytes)
+        if now >= self._gauges_at:  # examples() walks every sensor: not on every turn
+            self._gauges_at = now + _GAUGES_S
+            self.metrics.replay_examples.set(self.buffer.examples())
+            self.metrics.replay_bytes.set(self.buffer.nbytes)
         if self.job is not None:
             self._watch(now)
         elif self.trainer and self._due(now):
@@ -136,10 +139,17 @@ class Retraining:
         return True
 
     def _enough(self) -> bool:
-        """Whether the buffer holds enough for a fit once the held-out slice is cut off:
-        a job that could only fail for want of data is not started."""
+        """Whether the buffer holds enough for a fit once the held-out slice is cut off
+        (``learn.gate.split_held_out``: the newest examples of each run and the readings
+        they share with older ones): a job that could only fail for want of data is not
+        started."""
         t, spec = self.training, self.settings.model
-        kept = [n - math.ceil(n * t.holdout_fraction) for n in self.buffer.history.lengths()]
+        span = spec.num_steps + 1 + spec.horizon
+        kept = []
+        for n in self.buffer.history.lengths():
+            made = max(0, n - span + 1)
+            held = round(made * t.holdout_fraction)
+            kept.append(n - held - span + 1 if held else n)
         train, val = split_sizes(kept, spec.num_steps, spec.horizon, t.validation_fraction)
         return train >= t.bootstrap_windows and val > 0
 
@@ -160,12 +170,7 @@ class Retraining:
         # Version 1 is worth another try soon; later ones wait the interval.
         wait = self.training.interval_s if champion is not None else 300.0
         self._next_at = now + min(self.training.interval_s, wait)
-        logger.info(
-            "retraining started champion=%s examples=%d pid=%s",
-            champion,
-            self.job.examples,
-            self.job.process.pid,
-        )
+        logger.info("retraining started champion=%s examples=%d", champion, self.job.examples)
 
     def _watch(self, now: float) -> None:
         job = self.job

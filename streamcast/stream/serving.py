@@ -260,6 +260,10 @@ class Serving:
         assert self.served is not None
         return self.inference.infer(self.served, batch)
 
+    def load_running(self) -> bool:
+        """Whether a background load is still at work (its native threads included)."""
+        return self._loading is not None and self._loading.thread.is_alive()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop version 1's training; give a load in flight a moment to finish its work."""
         if self.bootstrap is not None:
