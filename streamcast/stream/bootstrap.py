@@ -1,5 +1,6 @@
 """The first model: with an empty registry, gather history from the stream and train
-version 1 in a spawned process, or (``training.online: false``) wait for the trainer's.
+version 1 in a spawned process, or wait for the trainer's (``training.online: false``,
+or another replica holds the registry's lease and trains it).
 
 Until version 1 exists nothing can be forecast, so the daemon's readiness and its
 systemd status say what it waits for and how far it got (examples gathered of those
