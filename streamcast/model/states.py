@@ -8,7 +8,7 @@ shape is checked first and the values are assigned into the existing variables.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,15 +25,29 @@ _LSTM_NAME = re.compile(r"^lstm_(\d+)$")
 
 
 def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
-    """The LSTM layers named ``lstm_<k>``, in stacking order."""
-    found: dict[int, keras.layers.LSTM] = {}
+    """The model's LSTM layers in stacking order, whatever their names.
+
+    Keras keeps a functional model's layers in topological order (a Sequential model's in
+    sequence), so that order is the stack's; nested models are walked in place. Layers
+    named ``lstm_<k>`` (streamcast's own graphs) are ordered by ``k``.
+    """
+    found = list(_lstms(model))
+    if not found:
+        raise ValueError(f"model {model.name!r} has no LSTM layer")
+    numbered = [_LSTM_NAME.match(layer.name) for layer in found]
+    if all(numbered):
+        keys = [int(m.group(1)) for m in numbered if m is not None]
+        if sorted(keys) == list(range(len(found))):
+            return [layer for _, layer in sorted(zip(keys, found, strict=True))]
+    return found
+
+
+def _lstms(model: keras.Model) -> Iterator[keras.layers.LSTM]:
     for layer in model.layers:
-        match = _LSTM_NAME.match(layer.name)
-        if match and isinstance(layer, keras.layers.LSTM):
-            found[int(match.group(1))] = layer
-    if sorted(found) != list(range(len(found))) or not found:
-        raise ValueError(f"model {model.name!r} has no lstm_0..lstm_n stack: {sorted(found)}")
-    return [found[k] for k in range(len(found))]
+        if isinstance(layer, keras.layers.LSTM):
+            yield layer
+        elif isinstance(layer, keras.Model):
+            yield from _lstms(layer)
 
 
 def state_shapes(cfg: ModelSpec, batch: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:

@@ -217,3 +217,36 @@ def test_the_graph_modules_stay_backend_agnostic(module: str) -> None:
             imported.add(node.module.split(".")[0])
     assert imported, f"no imports found in {path}: the parse went wrong"
     assert not imported & {"tensorflow", "jax", "torch"}, path
+
+
+def _seed_style_model() -> keras.Model:
+    """As people write it: two stateful LSTMs of 8 and 16 units under Keras's default
+    names (``lstm``, ``lstm_1``, or higher numbers when others were built before)."""
+    inputs = keras.Input(batch_shape=(10, 96, 2))
+    x = keras.layers.LSTM(8, stateful=True, return_sequences=True)(inputs)
+    x = keras.layers.LSTM(16, stateful=True)(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def test_the_state_api_works_on_any_keras_lstm_stack_whatever_its_names() -> None:
+    model = _seed_style_model()
+    layers = lstm_layers(model)
+    assert [layer.units for layer in layers] == [8, 16]
+    rng = np.random.default_rng(0)
+    states = [(rng.standard_normal((10, u)).astype(np.float32),) * 2 for u in (8, 16)]
+    assign_states(model, states)
+    for (h, c), (want, _) in zip(read_states(model), states, strict=True):
+        np.testing.assert_array_equal(h, want)
+        np.testing.assert_array_equal(c, want)
+    with pytest.raises(StateShapeError) as err:
+        assign_states(model, [states[1], states[0]])  # the pairs swapped: 16 units into 8
+    assert layers[0].name in str(err.value)
+    assert "(10, 8)" in str(err.value) and "(10, 16)" in str(err.value)
+
+
+def test_nested_models_are_walked_in_place() -> None:
+    inner = _seed_style_model()
+    outer = keras.Model(inner.inputs, inner(inner.inputs[0]))
+    assert [layer.units for layer in lstm_layers(outer)] == [8, 16]
+    with pytest.raises(ValueError, match="no LSTM layer"):
+        lstm_layers(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
