@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from streamcast.learn.evaluation import bucket_label, horizon_buckets
+from streamcast.learn.evaluation import bucket_label, horizon_buckets, reading_errors
 from streamcast.stream.messages import Readings
 
 if TYPE_CHECKING:
@@ -316,8 +316,8 @@ class LiveAccuracy:
             return 0
         self._seen[rows, steps] = True
         truth = values[at]
-        model = np.abs(self._forecast[rows, steps] - truth).mean(axis=1, dtype=np.float64)
-        persistence = np.abs(self._last[rows] - truth).mean(axis=1, dtype=np.float64)
+        model = reading_errors(self._forecast[rows, steps], truth)
+        persistence = reading_errors(self._last[rows], truth)
         self._record(self._bucket_of[steps], model, persistence, self._version[rows])
         return len(rows)
 

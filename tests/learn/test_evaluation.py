@@ -92,3 +92,35 @@ def test_score_held_out_adds_the_baselines_and_scales_by_source() -> None:
     assert evaluate(target + 1.0, target).score("model").mae == pytest.approx(1.0)
     with pytest.raises(ValueError, match="baselines"):
         score_held_out({"persistence": target}, ex)
+
+
+def test_error_totals_accumulate_skip_unknown_truth_and_score_per_feature() -> None:
+    from streamcast.learn.evaluation import ErrorTotals
+
+    totals = ErrorTotals(["model", "persistence"], horizon=2, num_features=2)
+    truth = np.array([[[1.0, 10.0], [2.0, np.nan]]])  # step 2 of feature 2 never arrived
+    model = np.array([[[2.0, 10.0], [2.0, 99.0]]])
+    persistence = np.array([[[1.0, 12.0], [1.0, 12.0]]])
+    # Added in two calls: sums, not means, so the order and split do not matter.
+    totals.add({"model": model, "persistence": persistence}, truth)
+    totals.add({"model": model, "persistence": persistence}, truth)
+    ev = totals.evaluation(units="units")
+    assert ev.examples == 2
+    assert ev.score("model").mae == pytest.approx((1 + 0 + 0) / 3)  # 99 vs unknown: not scored
+    assert ev.score("persistence").rmse == pytest.approx(np.sqrt((0 + 4 + 1) / 3))
+    assert ev.score("model").smape == pytest.approx((200 * 1 / 3 + 0 + 0) / 3)
+    assert [s.mae for s in ev.by_feature["model"]] == pytest.approx([0.5, 0.0])
+    assert [s.mae for s in ev.by_feature["persistence"]] == pytest.approx([0.5, 2.0])
+    np.testing.assert_allclose(totals.step_mae("model"), [0.5, 0.0])
+    doc = ev.as_dict()
+    assert doc["by_feature"]["model"][1] == {"mae": 0.0, "rmse": 0.0, "smape": 0.0}
+    with pytest.raises(ValueError, match="forecasters"):
+        totals.add({"model": model}, truth)
+
+
+def test_smape_is_zero_for_two_zeros_and_nan_for_a_broken_forecast() -> None:
+    from streamcast.learn.evaluation import smape_terms
+
+    out = smape_terms(np.array([0.0, 1.0, np.inf, -1.0]), np.array([0.0, 3.0, 1.0, 1.0]))
+    np.testing.assert_allclose(out[:2], [0.0, 100.0])
+    assert np.isnan(out[2]) and out[3] == pytest.approx(200.0)
