@@ -1,5 +1,5 @@
 """The ``streamcast`` command: run, demo, broker, simulate, train, models (``models_cli``),
-config."""
+backtest and replay (``data_cli``), config."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from streamcast import __version__
+from streamcast.data_cli import add_parsers as add_data_parsers
 from streamcast.errors import StreamcastError
 from streamcast.models_cli import add_parser as add_models_parser
 from streamcast.signals import StopSignals
@@ -146,10 +147,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         series = [values[i] for i in range(args.sensors)]
         source = f"simulated fleet ({args.sensors} sensors, {args.days} days, seed {args.seed})"
     else:
-        from streamcast.learn.datafiles import load_series
+        from streamcast.learn.datafiles import load_series, parse_ts
 
         try:
-            timestamps, series, source = load_series(args.data, settings.window.gap_factor)
+            until = parse_ts(args.until) if args.until is not None else None
+            timestamps, series, source = load_series(
+                args.data, settings.window.gap_factor, skip_bad=args.skip_bad, until=until
+            )
         except (OSError, ValueError) as exc:
             print(f"streamcast train: {exc}", file=sys.stderr)
             return 1
@@ -255,18 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the trainer on its own: read the readings topic, retrain and promote "
         "periodically (daemons then set training.online: false)",
     )
-    src.add_argument("--data", help="CSV with header sensor,ts,v1,v2 (one row per reading)")
+    src.add_argument(
+        "--data", help="CSV or Parquet with columns sensor,ts,v1,v2 (one row per reading)"
+    )
     src.add_argument("--simulated", action="store_true", help="train on the simulated fleet")
     p.add_argument("--registry", help="model registry directory (default: registry.path)")
     p.add_argument("--config", help="YAML config file for the model shape and training")
     p.add_argument("--sensors", type=int, default=24, help="simulated sensors")
     p.add_argument("--days", type=int, default=28, help="simulated days")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--until",
+        metavar="TS",
+        help="train only on readings before TS (epoch seconds or ISO 8601); "
+        "backtest the rest with --start TS",
+    )
+    p.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     p.set_defaults(func=cmd_train)
 
     add_models_parser(sub)
+    add_data_parsers(sub)
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -126,7 +126,7 @@ def _models_list(registry: ModelRegistry, args: argparse.Namespace) -> _Report:
 
 
 def _models_show(registry: ModelRegistry, args: argparse.Namespace) -> _Report:
-    version = _version_arg(args.version)
+    version = version_arg(args.version)
     meta = registry.meta(version)
     try:
         registry.verify(version)
@@ -147,7 +147,7 @@ def _models_show(registry: ModelRegistry, args: argparse.Namespace) -> _Report:
 
 
 def _models_promote(registry: ModelRegistry, args: argparse.Namespace) -> _Report:
-    version = _version_arg(args.version)
+    version = version_arg(args.version)
     done = registry.promote(version)
     data = {
         "action": "promote",
@@ -179,7 +179,7 @@ _MODEL_ACTIONS = {
 }
 
 
-def _version_arg(text: str) -> int:
+def version_arg(text: str) -> int:
     """``5``, ``v5`` and ``v000005`` all name version 5."""
     digits = text[1:] if text[:1] in ("v", "V") else text
     if not digits.isdigit() or int(digits) < 1:

@@ -59,9 +59,10 @@ class BatchInference:
         self.input_topic = settings.kafka.input_topic
         self.store = store
 
-    def prepare(self, loaded: LoadedModel, started: float) -> Served:
+    def prepare(self, loaded: LoadedModel, started: float, *, warm: bool = True) -> Served:
         """Check that a loaded version runs with this seeding mode, compile and warm it
         (on the load's worker thread); ``started``: when its load began (perf_counter).
+        ``warm=False`` compiles each batch size on first use instead (a backtest).
 
         Raises ModelMismatchError when the version was built for other states.
         """
@@ -84,7 +85,8 @@ class BatchInference:
             max_batch=self.settings.max_batch,
             jit_compile=self.settings.jit_compile,
         )
-        predictor.warmup()
+        if warm:
+            predictor.warmup()
         return Served(loaded.version, predictor, time.perf_counter() - started)
 
     def forecast(self, served: Served, batch: Ready, *, infer: Infer | None = None) -> Forecasts:

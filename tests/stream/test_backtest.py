@@ -1,0 +1,190 @@
+"""Backtest: the daemon's forecasts, recomputed independently, and scores checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamcast.config import ModelSpec
+from streamcast.learn.registry import LoadedModel, ModelRegistry
+from streamcast.stream.backtest import run_backtest
+from streamcast.stream.inference import Forecasts
+
+STEPS, H, F = 8, 4, 2
+STEP_S = 60.0
+
+
+def _model(tmp_path, seeding: str = "truth") -> LoadedModel:  # type: ignore[no-untyped-def]
+    from streamcast.model import build_forecaster
+    from streamcast.model.runtime import keras
+
+    keras.utils.set_random_seed(seeding.__len__())
+    spec = ModelSpec(num_steps=STEPS, horizon=H, num_features=F, units=[6, 5], seeding=seeding)
+    model = build_forecaster(spec)
+    # A model whose output depends on its seed, its window and its position in time.
+    registry = ModelRegistry(tmp_path / f"registry-{seeding}")
+    registry.save(model, spec)
+    return registry.load()
+
+
+def _series(n: int, seed: int, t0: float = 1_700_000_000.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = t0 + STEP_S * np.arange(n)
+    phase = np.arange(n) / 12.0
+    values = np.stack([10 + 3 * np.sin(phase), 50 + 5 * np.cos(phase)], axis=1)
+    return ts, values + rng.normal(0, 0.3, values.shape)
+
+
+def _collect(into: list[Forecasts]):  # type: ignore[no-untyped-def]
+    return into.append
+
+
+def _by_key(done: list[Forecasts]) -> dict[tuple[str, float], np.ndarray]:
+    out = {}
+    for f in done:
+        for i, s in enumerate(f.batch.sensors):
+            out[(s, float(f.batch.ts[i]))] = f.values[i]
+    return out
+
+
+def test_forecasts_are_the_predictors_on_each_window_and_its_truth(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streamcast.model.predictor import Predictor
+
+    loaded = _model(tmp_path)
+    data = {"a": _series(40, 1), "b": _series(33, 2, t0=1_700_000_030.0)}
+    done: list[Forecasts] = []
+    report = run_backtest(
+        data, loaded, stride=1, max_batch=16, jit_compile="off", on_forecasts=_collect(done)
+    )
+    got = _by_key(done)
+    predictor = Predictor(loaded.model, loaded.cfg, max_batch=16, jit_compile="off")
+    expected = 0
+    for name, (ts, values) in data.items():
+        for i in range(STEPS, len(ts)):  # a window needs STEPS readings and the truth before
+            window = values[i - STEPS + 1 : i + 1].astype(np.float32)
+            truth = values[i - STEPS].astype(np.float32)
+            want = predictor.predict(window[None], truth[None]).forecast[0]
+            np.testing.assert_allclose(got[(name, float(ts[i]))], want, rtol=1e-5, atol=1e-5)
+            expected += 1
+    assert len(got) == expected == report.forecasts
+    assert report.unforecastable == 0
+
+
+def test_scores_match_a_hand_computation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded = _model(tmp_path)
+    data = {"a": _series(60, 3), "b": _series(50, 4)}
+    start = float(data["a"][0][20])
+    done: list[Forecasts] = []
+    report = run_backtest(
+        data,
+        loaded,
+        stride=2,
+        start=start,
+        season=3,
+        max_batch=16,
+        jit_compile="off",
+        on_forecasts=_collect(done),
+    )
+    errors = {"model": [], "persistence": [], "seasonal_naive": []}  # type: ignore[var-annotated]
+    smape = []
+    windows = 0
+    for (name, t), fc in _by_key(done).items():
+        if t < start:
+            continue
+        ts, values = data[name]
+        i = int(np.flatnonzero(ts == t)[0])
+        future = values[i + 1 : i + 1 + H]
+        if not len(future):
+            continue
+        windows += 1
+        k = len(future)
+        window = values[i - STEPS + 1 : i + 1]
+        seasonal = window[STEPS - 3 + np.arange(H) % 3][:k]
+        errors["model"].append(np.abs(fc[:k] - future))
+        errors["persistence"].append(np.abs(window[-1] - future))
+        errors["seasonal_naive"].append(np.abs(seasonal - future))
+        smape.append(200 * np.abs(fc[:k] - future) / (np.abs(fc[:k]) + np.abs(future)))
+    assert windows == report.windows > 0
+    doc = report.as_dict()
+    for name, errs in errors.items():
+        flat = np.concatenate([e.ravel() for e in errs])
+        assert doc[name]["mae"] == pytest.approx(flat.mean(), rel=1e-5)
+        per_feature = np.concatenate(errs).mean(axis=0)
+        assert [f["mae"] for f in doc[name]["by_feature"]] == pytest.approx(per_feature, rel=1e-5)
+    assert doc["model"]["smape"] == pytest.approx(
+        np.concatenate([s.ravel() for s in smape]).mean(), rel=1e-4
+    )
+    assert doc["skill"] == pytest.approx(1 - doc["model"]["mae"] / doc["persistence"]["mae"])
+    # Only every other reading is forecast (the stride follows ts, as the daemon's does).
+    assert all((t - data[s][0][0]) % (2 * STEP_S) in (0.0, STEP_S) for s, t in _by_key(done))
+    assert len({t % (2 * STEP_S) for s, t in _by_key(done) if s == "a"}) == 1
+
+
+def test_truth_is_matched_by_time_so_a_missing_reading_is_not_scored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded = _model(tmp_path)
+    ts, values = _series(30, 5)
+    gap = 20  # the reading at row 20 never arrived
+    holed = {"a": (np.delete(ts, gap), np.delete(values, gap, axis=0))}
+    done: list[Forecasts] = []
+    report = run_backtest(
+        holed,
+        loaded,
+        start=float(ts[18]),
+        max_batch=8,
+        jit_compile="off",
+        on_forecasts=_collect(done),
+    )
+    at = dict(zip(holed["a"][0].tolist(), holed["a"][1], strict=True))
+    model_err, persist_err = [], []
+    for (_, t), fc in _by_key(done).items():
+        for k in range(1, H + 1):
+            truth = at.get(t + k * STEP_S)
+            if truth is not None:  # row 20's time has none: that step is not scored
+                model_err.append(np.abs(fc[k - 1] - truth))
+                persist_err.append(np.abs(at[t] - truth))
+    assert report.evaluation.score("model").mae == pytest.approx(np.mean(model_err), rel=1e-5)
+    assert report.evaluation.score("persistence").mae == pytest.approx(
+        np.mean(persist_err), rel=1e-5
+    )
+    # Issued at row 19: step 1 (row 20) is missing, and step 2 is row 21, not row 20's slot.
+    assert report.windows == len({t for _, t in _by_key(done)}) - 1  # the last has no future
+
+
+def test_carry_mode_carries_states_through_the_history_before_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded = _model(tmp_path, "carry")
+    data = {"a": _series(40, 6)}
+    start = float(data["a"][0][25])
+    whole: list[Forecasts] = []
+    run_backtest(data, loaded, max_batch=8, jit_compile="off", on_forecasts=_collect(whole))
+    later: list[Forecasts] = []
+    run_backtest(
+        data, loaded, start=start, max_batch=8, jit_compile="off", on_forecasts=_collect(later)
+    )
+    a, b = _by_key(whole), _by_key(later)
+    for key, fc in b.items():
+        if key[1] >= start:
+            np.testing.assert_allclose(fc, a[key], rtol=1e-5, atol=1e-5)
+    # Starting cold at ``start`` (no history) gives other forecasts: the carry mattered.
+    ts, values = data["a"]
+    cold: list[Forecasts] = []
+    cut = 25 - STEPS
+    run_backtest(
+        {"a": (ts[cut:], values[cut:])},
+        loaded,
+        max_batch=8,
+        jit_compile="off",
+        on_forecasts=_collect(cold),
+    )
+    first = ("a", start)
+    assert np.abs(_by_key(cold)[first] - a[first]).max() > 1e-4
+
+
+def test_a_sensor_filter_and_bad_arguments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded = _model(tmp_path)
+    data = {"a": _series(30, 1), "b": _series(30, 2)}
+    report = run_backtest(data, loaded, sensors=["b"], max_batch=8, jit_compile="off")
+    assert report.sensors == 1
+    with pytest.raises(ValueError, match="not in the data: zz"):
+        run_backtest(data, loaded, sensors=["zz"])
+    with pytest.raises(ValueError, match="season 9"):
+        run_backtest(data, loaded, season=9)
