@@ -228,20 +228,54 @@ def _seed_style_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2)(x))
 
 
-def test_the_state_api_works_on_any_keras_lstm_stack_whatever_its_names() -> None:
-    model = _seed_style_model()
+def _seed_sequential() -> keras.Model:
+    """The same stack as a ``Sequential``, as the seed's own script builds it."""
+    return keras.Sequential(
+        [
+            keras.Input(batch_shape=(10, 96, 2)),
+            keras.layers.LSTM(8, stateful=True, return_sequences=True),
+            keras.layers.LSTM(16, stateful=True),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "build", [_seed_style_model, _seed_sequential], ids=["functional", "sequential"]
+)
+def test_the_state_api_works_on_any_keras_lstm_stack_whatever_its_names(build: Any) -> None:
+    model = build()
     layers = lstm_layers(model)
     assert [layer.units for layer in layers] == [8, 16]
+    variables = [list(layer.states) for layer in layers]
     rng = np.random.default_rng(0)
-    states = [(rng.standard_normal((10, u)).astype(np.float32),) * 2 for u in (8, 16)]
+    states = [
+        (
+            rng.standard_normal((10, u)).astype(np.float32),
+            rng.standard_normal((10, u)).astype(np.float32),
+        )
+        for u in (8, 16)
+    ]
     assign_states(model, states)
-    for (h, c), (want, _) in zip(read_states(model), states, strict=True):
-        np.testing.assert_array_equal(h, want)
-        np.testing.assert_array_equal(c, want)
+    # The values landed in the layers' own variables: the same objects, now holding them.
+    for layer, before, (h, c) in zip(layers, variables, states, strict=True):
+        assert all(a is b for a, b in zip(layer.states, before, strict=True))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.states[0]), h)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.states[1]), c)
+    for (h, c), (want_h, want_c) in zip(read_states(model), states, strict=True):
+        np.testing.assert_array_equal(h, want_h)
+        np.testing.assert_array_equal(c, want_c)
+    # A (10, 2) reading offered as the 8-unit layer's h: refused, named, nothing assigned.
+    truth = rng.standard_normal((10, 2)).astype(np.float32)
     with pytest.raises(StateShapeError) as err:
+        assign_states(model, [(truth, truth), states[1]])
+    e = err.value
+    assert (e.layer, e.state, e.expected, e.received) == (layers[0].name, "h", (10, 8), (10, 2))
+    for part in (layers[0].name, "'h'", "(10, 8)", "(10, 2)"):
+        assert part in str(e)
+    np.testing.assert_array_equal(read_states(model)[0][0], states[0][0])
+    with pytest.raises(StateShapeError, match=r"\(10, 8\).*\(10, 16\)|\(10, 16\).*\(10, 8\)"):
         assign_states(model, [states[1], states[0]])  # the pairs swapped: 16 units into 8
-    assert layers[0].name in str(err.value)
-    assert "(10, 8)" in str(err.value) and "(10, 16)" in str(err.value)
 
 
 def test_nested_models_are_walked_in_place() -> None:
