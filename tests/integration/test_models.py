@@ -17,19 +17,25 @@ import pytest
 
 from streamcast.config import ModelSpec
 from streamcast.learn.registry import MODEL_FILE, POINTER_FILE, ModelRegistry
+from streamcast.model.graph import seed_states
 from streamcast.model.predictor import Predictor
+from streamcast.model.states import split_states
 from streamcast.sim.broker import EmbeddedBroker
 from streamcast.stream import serving as serving_module
 
 from ..waiting import wait_for
 from .conftest import (
     SPEC,
+    ModelCall,
     Topics,
+    calls_by_window,
     consume,
     fleet_readings,
     forecasts_of,
     produce_readings,
     settings_for,
+    state_gap,
+    state_scale,
     train_registry,
 )
 
@@ -38,6 +44,8 @@ pytestmark = pytest.mark.integration
 # Versions come and go here: uncompiled inference loads each in about a second
 # (the compiled path has tests of its own).
 UNCOMPILED = {"max_batch": 64, "max_wait_ms": 20, "jit_compile": "off"}
+# The daemon's compiled predictor and the plain one here differ in the last bits.
+CARRY_RTOL, CARRY_ATOL = 1e-4, 1e-3
 
 
 def _add_corrupt_version(registry: Path, scratch: Path) -> int:
@@ -172,8 +180,20 @@ def carry_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
-    broker: EmbeddedBroker, topics: Topics, carry_registry: Path, start_daemon
+    broker: EmbeddedBroker,
+    topics: Topics,
+    carry_registry: Path,
+    start_daemon,
+    model_calls: list[ModelCall],
 ) -> None:
+    """A sensor's first window is seeded from its truth, each later one from the final
+    states of the one before, and every forecast is the model's own for that seed.
+
+    The model is as trained and forgets its initial states within the 96 steps, so the
+    forecast cannot show what seeded it: the carry is read where the daemon hands it to the
+    model (``model_calls``), compared exactly with the states the model returned for the
+    previous window, and shown to differ from the truth seed it replaced.
+    """
     steps = 97 + 96 * 2
     readings = fleet_readings(1, steps, seed=12)
     produce_readings(broker, topics.readings, readings)
@@ -183,21 +203,44 @@ def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
     running = start_daemon(settings)
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 3)
     assert running.stop() == 0
+    given = calls_by_window(list(model_calls))  # the daemon's calls, before any of ours
     docs = forecasts_of(records)
     assert [d["seed"] for d in docs] == ["carry"] * 3
 
     loaded = ModelRegistry(carry_registry).load()
     predictor = Predictor(loaded.model, loaded.cfg, max_batch=4, jit_compile="off")
     values = np.stack([v for _, _, v in readings]).astype(np.float32)
-    carry = np.zeros((1, 2 * sum(loaded.cfg.units)), np.float32)
+    all_ts = [ts for _, ts, _ in readings]
+    carry = np.zeros((1, loaded.cfg.state_width), np.float32)
     has = np.array([False])
+    daemon_states: np.ndarray | None = None  # what the daemon's model returned last
     for k, doc in enumerate(docs):
         end = 96 + 96 * k  # index of the reading that completed this window
-        window = values[end - 95 : end + 1][None]
-        truth = values[end - 96][None]
-        out = predictor.predict(window, truth, carry, has)
-        np.testing.assert_allclose(np.asarray(doc["values"]), out.forecast[0], rtol=1e-4, atol=1e-3)
-        if k:  # a carried state, not the truth seed, made this forecast
-            seeded = predictor.predict(window, truth, carry, np.array([False])).forecast[0]
-            assert not np.allclose(seeded, out.forecast[0], atol=1e-3)
+        assert doc["ts"] == all_ts[end]
+        window = values[end - 95 : end + 1]
+        truth = values[end - 96]
+        seen = given.get(window.tobytes())
+        assert seen and len(seen) == 1, f"window {k} went to the model {len(seen or [])} times"
+        call, row = seen[0]
+        np.testing.assert_array_equal(call.truths[row], truth)
+        assert call.carry is not None and call.has_carry is not None
+        assert bool(call.has_carry[row]) == (k > 0), f"window {k}: has_carry {call.has_carry}"
+        if k:  # exactly the previous window's final states went in ...
+            assert daemon_states is not None
+            np.testing.assert_array_equal(call.carry[row], daemon_states)
+            # ... and they are not the seed the truth would have given instead.
+            carried = split_states(call.carry[row][None], loaded.cfg)
+            seeded = seed_states(loaded.model, window[None], truth[None])
+            gap = state_gap(carried, seeded)
+            assert gap > 10 * (CARRY_ATOL + CARRY_RTOL * state_scale(seeded)), (
+                f"window {k}: the carry differs from the truth seed by only {gap:.3g}"
+            )
+        published = np.asarray(doc["values"], np.float32)
+        np.testing.assert_array_equal(call.forecast[row], published)
+        daemon_states = call.states[row]
+
+        # The stepper's own run of the chain: same forecast, same states to carry on.
+        out = predictor.predict(window[None], truth[None], carry, has)
+        np.testing.assert_allclose(published, out.forecast[0], rtol=CARRY_RTOL, atol=CARRY_ATOL)
+        np.testing.assert_allclose(daemon_states, out.states[0], rtol=CARRY_RTOL, atol=CARRY_ATOL)
         carry, has = out.states, np.array([True])

@@ -15,25 +15,32 @@ from kafka.admin import KafkaAdminClient
 from kafka.structs import TopicPartition
 
 from streamcast.learn.registry import ModelRegistry
+from streamcast.model.graph import seed_states
 from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker
 
 from .conftest import (
     SPEC,
     STEP_S,
+    ModelCall,
     Topics,
+    calls_by_window,
     consume,
     fleet_readings,
     forecasts_of,
     produce,
     produce_readings,
     settings_for,
+    state_gap,
+    state_scale,
 )
 
 pytestmark = pytest.mark.integration
 
 SENSORS = 4
 STEPS = 96 + 1 + 40  # a full window + truth, then 40 more readings
+# The daemon's compiled predictor and the plain one here differ in the last bits.
+SEED_RTOL, SEED_ATOL = 1e-4, 1e-4
 
 
 _MARK = b"test-end-marker"
@@ -156,28 +163,62 @@ def test_stride_96_forecasts_once_per_new_window(
 
 
 def test_states_are_seeded_from_the_true_previous_reading(
-    broker: EmbeddedBroker, topics: Topics, registry, start_daemon
+    broker: EmbeddedBroker,
+    topics: Topics,
+    registry,
+    start_daemon,
+    model_calls: list[ModelCall],
 ) -> None:
-    """The published forecast equals the model run on that window seeded with the reading
-    just before it, and differs from what another seed would give."""
+    """Every window goes into the model with the reading just before it as its truth, and
+    the published forecast is what the model gives for that window and truth.
+
+    The model is as trained, and it forgets its seed within the 96 steps: another truth
+    moves the forecast by float32 rounding at most, so the forecast cannot show which
+    truth seeded it. The truth is compared exactly where the daemon hands it to the model
+    (``model_calls``), and the seed it makes is shown to tell the plausible wrong truths
+    apart.
+    """
     readings = fleet_readings(2, 97 + 3, seed=4)
     produce_readings(broker, topics.readings, readings)
     daemon = start_daemon(settings_for(broker, topics, registry))
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 8)
     assert daemon.stop() == 0
+    given = calls_by_window(list(model_calls))  # the daemon's calls, before any of ours
+    docs = forecasts_of(records)
+    assert len(docs) == 8
 
     model = ModelRegistry(registry).load(expect=SPEC).model
     predictor = Predictor(model, SPEC, max_batch=8, jit_compile="off")
     series = _by_sensor(readings)
-    for doc in forecasts_of(records):
-        rows = series[doc["sensor"]]
+    for doc in docs:
+        sensor, rows = doc["sensor"], series[doc["sensor"]]
         end = [ts for ts, _ in rows].index(doc["ts"])
-        window = np.stack([v for _, v in rows[end - 95 : end + 1]]).astype(np.float32)[None]
-        truth = rows[end - 96][1].astype(np.float32)[None]
-        expected = predictor.predict(window, truth).forecast[0]
-        np.testing.assert_allclose(np.asarray(doc["values"]), expected, rtol=1e-4, atol=1e-4)
-        other = predictor.predict(window, truth + 5.0).forecast[0]
-        assert not np.allclose(other, expected, atol=1e-4)
+        window = np.stack([v for _, v in rows[end - 95 : end + 1]]).astype(np.float32)
+        truth = rows[end - 96][1].astype(np.float32)
+        seen = given.get(window.tobytes())
+        assert seen, f"{sensor} ts={doc['ts']}: the daemon never gave the model this window"
+        for call, row in seen:
+            np.testing.assert_array_equal(call.truths[row], truth, err_msg=f"{sensor} seed")
+        published = np.asarray(doc["values"], np.float32)
+        assert any(np.array_equal(call.forecast[row], published) for call, row in seen)
+        # The stepper's own forecast for this window and truth (the daemon's is compiled).
+        expected = predictor.predict(window[None], truth[None]).forecast[0]
+        np.testing.assert_allclose(published, expected, rtol=SEED_RTOL, atol=SEED_ATOL)
+
+        # What a wrong seed would have been: none, the window's own first reading (a store
+        # off by one), the other sensor's reading of the same step. Each must seed states
+        # far outside the tolerance above, or the exact truth check proves nothing.
+        other = next(s for s in series if s != sensor)
+        wrong = {
+            "zeros": np.zeros_like(truth),
+            "first of the window": window[0],
+            "other sensor": series[other][end - 96][1].astype(np.float32),
+        }
+        seeds = seed_states(model, window[None], truth[None])
+        told_apart = 10 * (SEED_ATOL + SEED_RTOL * state_scale(seeds))
+        for name, value in wrong.items():
+            gap = state_gap(seeds, seed_states(model, window[None], value[None]))
+            assert gap > told_apart, f"{sensor}: seeding with {name} differs by only {gap:.3g}"
 
 
 MALFORMED: list[tuple[bytes | None, bytes, str]] = [
