@@ -15,19 +15,31 @@ ops = keras.ops
 
 _TINY = 1e-30  # well above float32's smallest normal (1.2e-38), far below any reading
 _FLOAT32_MAX = 3.4028234663852886e38
+_Z_LIMIT = 2.0**100  # a normalised forecast past this is no forecast; keeps y * std finite
+
+
+def _power_of_two_scale(magnitude: Any) -> Any:
+    """A power of two within a factor of 4 of ``magnitude`` (2**-100 below 1e-30).
+
+    Dividing by it is exact, so the scaled arithmetic rounds as the plain one would,
+    but no square, sum or product overflows float32. Piecewise constant, so it
+    carries no gradient.
+    """
+    exponent = ops.clip(ops.floor(ops.log2(ops.maximum(magnitude, _TINY))), -100.0, 126.0)
+    return ops.stop_gradient(ops.power(2.0, exponent))
 
 
 @keras.saving.register_keras_serializable(package="streamcast")
 class WindowNormalization(keras.layers.Layer):  # type: ignore[misc]
     """Standardise each window per feature, so one model fits sensors of any level and scale.
 
-    The window is first divided by its largest magnitude, so no square overflows
-    float32 whatever the readings (±3e38 included) and no tiny signal underflows
-    (1e-9 amplitude included). The standard deviation is floored relative to that
-    magnitude (``relative_floor``), so a flat window stays finite and a small but
+    The window is first scaled by a power of two near its largest magnitude, so no
+    square overflows float32 whatever the readings (±3e38 included) and no tiny signal
+    underflows (1e-9 amplitude included). The standard deviation is floored relative to
+    that magnitude (``relative_floor``), so a flat window stays finite and a small but
     real wiggle is not flattened; ``floor`` is an absolute floor, 0 for new models
-    (models saved with one keep it). Floors sit under the square root to keep
-    gradients finite.
+    (models saved with one keep it), and an all-zero window is floored at 1e-30. Floors
+    sit under the square root to keep gradients finite.
     """
 
     def __init__(self, floor: float = 0.0, relative_floor: float = 1e-6, **kwargs: Any) -> None:
@@ -37,14 +49,23 @@ class WindowNormalization(keras.layers.Layer):  # type: ignore[misc]
 
     def call(self, window: Any) -> tuple[Any, Any, Any]:
         magnitude = ops.max(ops.abs(window), axis=1)  # (batch, features)
-        scale = ops.where(magnitude > _TINY, magnitude, ops.ones_like(magnitude))
-        x = window / ops.expand_dims(scale, 1)  # every |x| <= 1
+        scale = _power_of_two_scale(magnitude)
+        x = window / ops.expand_dims(scale, 1)  # every |x| < 4
         mean = ops.mean(x, axis=1)
-        var = ops.mean(ops.square(x - ops.expand_dims(mean, 1)), axis=1)
-        floor = ops.maximum(ops.minimum(self.floor / scale, 1.0), self.relative_floor)
-        std = ops.sqrt(ops.maximum(var, ops.square(floor)))
-        z = (x - ops.expand_dims(mean, 1)) / ops.expand_dims(std, 1)
-        # Back to the sensor's units; the std never reaches 0, so dividing by it is safe.
+        # Second pass: the first mean can be an ulp off, a z of 0.2 in a constant window
+        # (against the relative floor); corrected, a constant window centres to exactly 0.
+        mean = mean + ops.mean(x - ops.expand_dims(mean, 1), axis=1)
+        centred = x - ops.expand_dims(mean, 1)
+        var = ops.mean(ops.square(centred), axis=1)
+        # In the sensor's units: an absolute floor no larger than the signal, the relative
+        # one, and 1e-30 so an all-zero window is not 0 / 0.
+        floor = ops.maximum(
+            ops.maximum(ops.minimum(self.floor, magnitude), self.relative_floor * magnitude),
+            _TINY,
+        )
+        std = ops.sqrt(ops.maximum(var, ops.square(floor / scale)))
+        z = centred / ops.expand_dims(std, 1)
+        # Back to the sensor's units (exact: the scale is a power of two).
         return z, mean * scale, ops.maximum(std * scale, _TINY)
 
     def get_config(self) -> dict[str, Any]:
@@ -54,7 +75,11 @@ class WindowNormalization(keras.layers.Layer):  # type: ignore[misc]
 @keras.saving.register_keras_serializable(package="streamcast")
 class Standardize(keras.layers.Layer):  # type: ignore[misc]
     """Put the truth on the window's scale; clipped so one wild reading saturates the seeder
-    instead of blowing up the cell state."""
+    instead of blowing up the cell state.
+
+    Computed on a common power-of-two scale, so a truth at +3e38 against a mean at -3e38
+    (or any truth against a 1e-30 std) saturates without an infinite intermediate.
+    """
 
     def __init__(self, clip: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,7 +87,13 @@ class Standardize(keras.layers.Layer):  # type: ignore[misc]
 
     def call(self, inputs: Sequence[Any]) -> Any:
         x, mean, std = inputs
-        return ops.clip((x - mean) / std, -self.clip, self.clip)
+        magnitude = ops.maximum(ops.maximum(ops.abs(x), ops.abs(mean)), ops.maximum(std, _TINY))
+        scale = _power_of_two_scale(magnitude)
+        gap = x / scale - mean / scale  # |gap| < 8
+        # A std under 1e-30 of the scale only matters where the gap is 0 (0 / 0); any
+        # other gap is past the clip either way.
+        spread = ops.maximum(std / scale, _TINY)
+        return ops.clip(gap / spread, -self.clip, self.clip)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "clip": self.clip}
@@ -72,13 +103,20 @@ class Standardize(keras.layers.Layer):  # type: ignore[misc]
 class Denormalize(keras.layers.Layer):  # type: ignore[misc]
     """Bring the forecast back to the sensor's own units (the loss is taken there).
 
-    A forecast beyond float32's range (readings near its limit, extrapolated) is
-    held at the largest finite value rather than becoming infinite.
+    ``y * std + mean`` is computed on a power-of-two scale of the window, so a forecast
+    beyond float32's range (readings near its limit, extrapolated) is held at the
+    largest finite value instead of passing through infinity.
     """
 
     def call(self, inputs: Sequence[Any]) -> Any:
         y, mean, std = inputs
-        out = y * ops.expand_dims(std, 1) + ops.expand_dims(mean, 1)
+        magnitude = ops.maximum(ops.maximum(std, ops.abs(mean)), _TINY)
+        scale = ops.expand_dims(_power_of_two_scale(magnitude), 1)
+        y = ops.clip(y, -_Z_LIMIT, _Z_LIMIT)
+        scaled = y * (ops.expand_dims(std, 1) / scale) + ops.expand_dims(mean, 1) / scale
+        bound = _FLOAT32_MAX / ops.maximum(scale, 1.0)  # scaled * scale stays finite
+        out = ops.clip(scaled, -bound, bound) * scale
+        # A no-op where the power of two is exact (TensorFlow); a guard where it is not.
         return ops.clip(out, -_FLOAT32_MAX, _FLOAT32_MAX)
 
 
