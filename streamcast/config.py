@@ -64,6 +64,11 @@ class ModelSpec(BaseModel):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     horizon: int = Field(96, ge=1, le=10_000)
     seeding: Seeding = "truth"
+    calendar: bool = Field(
+        False,
+        description="tell the model the time of day and the day of the week of every "
+        "forecast step (from ts); versions saved without it have none",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamcast.learn.calendar import CALENDAR_WIDTH, calendar_inputs, median_step
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,23 +31,37 @@ class Examples:
     truth: np.ndarray  # (k, F) float32
     target: np.ndarray  # (k, horizon, F) float32
     source: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # (k,)
+    # (k, CALENDAR_WIDTH) float32: the origin's phases (``learn.calendar``); zeros if unknown.
+    calendar: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.calendar is None:
+            zeros = np.zeros((len(self), CALENDAR_WIDTH), np.float32)
+            object.__setattr__(self, "calendar", zeros)
 
     def __len__(self) -> int:
         return int(self.window.shape[0])
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """The model's named inputs."""
-        return {"window": self.window, "truth": self.truth}
+        """The model's named inputs (``calendar`` is read only by a model that has it)."""
+        assert self.calendar is not None
+        return {"window": self.window, "truth": self.truth, "calendar": self.calendar}
 
 
 def make_examples(
-    series: np.ndarray, num_steps: int, horizon: int, stride: int = 1, source: int = 0
+    series: np.ndarray,
+    num_steps: int,
+    horizon: int,
+    stride: int = 1,
+    source: int = 0,
+    ts: np.ndarray | None = None,
 ) -> Examples:
     """Cut (truth, window, target) examples from one (n, F) series with a strided view.
 
     Example ``i`` starts at ``i * stride``: truth = series[s], window = series[s+1 : s+1+num_steps],
     target = the ``horizon`` readings after the window. Examples with a non-finite value are
-    dropped rather than fed to the model.
+    dropped rather than fed to the model. With the series' ``ts`` each example gets its
+    calendar inputs (the window's last reading is the origin; the step is the median).
     """
     arr = np.asarray(series, dtype=np.float64)
     if arr.ndim == 1:
@@ -60,23 +76,40 @@ def make_examples(
         return _empty(num_steps, horizon, f)
     view = np.lib.stride_tricks.sliding_window_view(arr, span, axis=0)[::stride]  # (k, F, span)
     view = view.transpose(0, 2, 1)  # (k, span, F), still a view
+    calendar = None
+    if ts is not None:
+        stamps = np.asarray(ts, np.float64)
+        if stamps.shape != (n,):
+            raise ValueError(f"ts has shape {stamps.shape}; the series has {n} readings")
+        origins = stamps[num_steps : n - horizon : stride]  # each window's last reading
+        calendar = calendar_inputs(origins, median_step(stamps))
     finite = np.isfinite(view).all(axis=(1, 2))
     if not finite.all():
         view = view[finite]
+        calendar = None if calendar is None else calendar[finite]
     k = view.shape[0]
     return Examples(
         window=np.ascontiguousarray(view[:, 1 : 1 + num_steps], dtype=np.float32),
         truth=np.ascontiguousarray(view[:, 0], dtype=np.float32),
         target=np.ascontiguousarray(view[:, 1 + num_steps :], dtype=np.float32),
         source=np.full(k, source, dtype=np.int32),
+        calendar=calendar,
     )
 
 
 def make_examples_many(
-    series: Sequence[np.ndarray], num_steps: int, horizon: int, stride: int = 1
+    series: Sequence[np.ndarray],
+    num_steps: int,
+    horizon: int,
+    stride: int = 1,
+    timestamps: Sequence[np.ndarray] | None = None,
 ) -> Examples:
     """``make_examples`` over several series, concatenated; ``source`` is the series index."""
-    parts = [make_examples(s, num_steps, horizon, stride, source=i) for i, s in enumerate(series)]
+    stamps = _stamps(series, timestamps)
+    parts = [
+        make_examples(s, num_steps, horizon, stride, source=i, ts=stamps[i])
+        for i, s in enumerate(series)
+    ]
     if not parts:
         return _empty(num_steps, horizon, 1)
     return _concat(parts)
@@ -99,22 +132,44 @@ class _Split:
 
 
 def split_series(
-    series: Sequence[np.ndarray], num_steps: int, horizon: int, validation_fraction: float
+    series: Sequence[np.ndarray],
+    num_steps: int,
+    horizon: int,
+    validation_fraction: float,
+    timestamps: Sequence[np.ndarray] | None = None,
 ) -> _Split:
     """Chronological split per series: validation targets all lie after every training target.
 
     Validation windows may read the end of the training part as input (that is what the model
     sees live); no reading is ever a target in both sets. The scale is the training part's std.
+    With ``timestamps`` the examples carry their calendar inputs.
     """
+    stamps = _stamps(series, timestamps)
     train, val, scales = [], [], []
     for i, s in enumerate(series):
         arr = np.asarray(s, dtype=np.float64)
+        ts = stamps[i]
         cut = _cut(len(arr), validation_fraction)
         std = np.nanstd(arr[:cut], axis=0) if cut > 1 else np.ones(arr.shape[1])
         scales.append(np.where(np.isfinite(std) & (std > 1e-12), std, 1.0))
-        train.append(make_examples(arr[:cut], num_steps, horizon, source=i))
-        val.append(make_examples(arr[max(0, cut - num_steps - 1) :], num_steps, horizon, source=i))
+        train.append(make_examples(arr[:cut], num_steps, horizon, source=i, ts=_part(ts, 0, cut)))
+        lo = max(0, cut - num_steps - 1)
+        val.append(make_examples(arr[lo:], num_steps, horizon, source=i, ts=_part(ts, lo, None)))
     return _Split(_concat(train), _concat(val), np.stack(scales))
+
+
+def _stamps(
+    series: Sequence[np.ndarray], timestamps: Sequence[np.ndarray] | None
+) -> list[np.ndarray | None]:
+    if timestamps is None:
+        return [None] * len(series)
+    if len(timestamps) != len(series):
+        raise ValueError(f"{len(timestamps)} timestamp arrays for {len(series)} series")
+    return list(timestamps)
+
+
+def _part(ts: np.ndarray | None, lo: int, hi: int | None) -> np.ndarray | None:
+    return None if ts is None else np.asarray(ts)[lo:hi]
 
 
 def _cut(n: int, validation_fraction: float) -> int:
@@ -145,6 +200,7 @@ def _concat(parts: list[Examples]) -> Examples:
         truth=np.concatenate([p.truth for p in parts]),
         target=np.concatenate([p.target for p in parts]),
         source=np.concatenate([p.source for p in parts]),
+        calendar=np.concatenate([p.calendar for p in parts if p.calendar is not None]),
     )
 
 

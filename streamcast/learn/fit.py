@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from streamcast.config import ModelSpec, TrainingSettings
+from streamcast.learn.calendar import CALENDAR_WIDTH
 from streamcast.learn.evaluation import Evaluation, baselines, evaluate, format_evaluation
 from streamcast.learn.examples import Examples, split_series
 from streamcast.learn.registry import ModelRegistry
@@ -154,24 +155,51 @@ def _training_model(model: keras.Model, cfg: ModelSpec) -> keras.Model:
     The forecaster itself stays in original units (that is what the daemon publishes); the
     wrapper shares its weights and only rescales, so big sensors do not dominate the gradient.
     """
-    window = keras.Input((cfg.num_steps, cfg.num_features), name="window")
-    truth = keras.Input((cfg.num_features,), name="truth")
+    inputs = {
+        "window": keras.Input((cfg.num_steps, cfg.num_features), name="window"),
+        "truth": keras.Input((cfg.num_features,), name="truth"),
+    }
+    if cfg.calendar:
+        inputs["calendar"] = keras.Input((CALENDAR_WIDTH,), name="calendar")
     inv_scale = keras.Input((cfg.num_features,), name="inv_scale")
-    forecast = model({"window": window, "truth": truth})
+    forecast = model(inputs)
     scaled = keras.ops.multiply(forecast, keras.ops.expand_dims(inv_scale, 1))
-    return keras.Model({"window": window, "truth": truth, "inv_scale": inv_scale}, scaled)
+    return keras.Model({**inputs, "inv_scale": inv_scale}, scaled)
 
 
-def _scaled_inputs(ex: Examples, scale: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _warm_start(model: keras.Model, initial: keras.Model) -> None:
+    """Start from ``initial``'s weights, layer by layer (by name, where shapes agree), so a
+    served model without the calendar still warm-starts one with it."""
+    names = {layer.name for layer in initial.layers}
+    for layer in model.layers:
+        if not layer.weights or layer.name not in names:
+            continue
+        weights = initial.get_layer(layer.name).get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+
+
+def _model_inputs(model: keras.Model, ex: Examples) -> dict[str, np.ndarray]:
+    """The example arrays this model takes (a model without the calendar does not)."""
+    given = ex.inputs()
+    wanted = model.input if isinstance(model.input, dict) else {}
+    return {name: given[name] for name in given if name in wanted} or given
+
+
+def _scaled_inputs(
+    model: keras.Model, ex: Examples, scale: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     inv = (1.0 / scale[ex.source]).astype(np.float32)
-    return {"window": ex.window, "truth": ex.truth, "inv_scale": inv}, ex.target * inv[:, None, :]
+    inputs = {**_model_inputs(model, ex), "inv_scale": inv}
+    return inputs, ex.target * inv[:, None, :]
 
 
 def predict(model: keras.Model, ex: Examples, batch_size: int = 1024) -> np.ndarray:
     """The model's forecasts for every example, in original units."""
     if len(ex) == 0:
         return np.zeros(ex.target.shape, np.float32)
-    return np.asarray(model.predict(ex.inputs(), batch_size=batch_size, verbose=0))
+    inputs = _model_inputs(model, ex)
+    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
 
 
 def score_model(
@@ -203,7 +231,9 @@ def train(
             raise ValueError(
                 f"series {i} has shape {np.shape(s)}; expected (n, {cfg.num_features})"
             )
-    split = split_series(series, cfg.num_steps, cfg.horizon, settings.validation_fraction)
+    split = split_series(
+        series, cfg.num_steps, cfg.horizon, settings.validation_fraction, timestamps
+    )
     if len(split.train) == 0 or len(split.val) == 0:
         need = math.ceil((1 + cfg.num_steps + cfg.horizon) / settings.validation_fraction)
         raise ValueError(
@@ -214,11 +244,11 @@ def train(
     keras.utils.set_random_seed(settings.random_seed)
     model = build_forecaster(cfg)
     if initial is not None:
-        model.set_weights(initial.get_weights())
+        _warm_start(model, initial)
     trainer = _training_model(model, cfg)
     trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mae")
-    x, y = _scaled_inputs(split.train, split.scale)
-    vx, vy = _scaled_inputs(split.val, split.scale)
+    x, y = _scaled_inputs(trainer, split.train, split.scale)
+    vx, vy = _scaled_inputs(trainer, split.val, split.scale)
     budget = _TimeBudget(settings.max_seconds)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings.patience, restore_best_weights=True

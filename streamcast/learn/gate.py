@@ -66,6 +66,7 @@ def split_held_out(
         by_sensor.setdefault(seg.sensor, []).append(seg)
     train: list[Segment] = []
     held: list[np.ndarray] = []
+    held_ts: list[np.ndarray] = []
     owner: list[int] = []
     scales: list[np.ndarray] = []
     num_features = segments[0].values.shape[1] if segments else 1
@@ -83,6 +84,7 @@ def split_held_out(
             take = min(left, examples)
             cut = len(run.ts) - (take + span - 1)
             held.append(run.values[cut:])
+            held_ts.append(run.ts[cut:])
             owner.append(index)
             left -= take
             if cut > 0:
@@ -91,8 +93,9 @@ def split_held_out(
         train.extend(kept)
         scales.append(_scale([r.values for r in kept], num_features))
     if held:
-        ex = make_examples_many(held, num_steps, horizon)
-        held_out = Examples(ex.window, ex.truth, ex.target, np.asarray(owner, np.int32)[ex.source])
+        ex = make_examples_many(held, num_steps, horizon, timestamps=held_ts)
+        source = np.asarray(owner, np.int32)[ex.source]
+        held_out = Examples(ex.window, ex.truth, ex.target, source, ex.calendar)
     else:
         held_out = Examples(
             window=np.zeros((0, num_steps, num_features), np.float32),

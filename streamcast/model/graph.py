@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from streamcast.config import ModelSpec
+from streamcast.learn.calendar import CALENDAR_WIDTH
+from streamcast.model.calendar import CalendarFeatures
 from streamcast.model.layers import CarrySelect, Denormalize, Standardize, WindowNormalization
 from streamcast.model.runtime import keras
 from streamcast.model.states import StatePair, lstm_layers
@@ -34,6 +36,47 @@ class _Stack:
     head: Any
     reshape: Any
     denorm: Any
+    calendar: _Calendar | None = None
+
+
+@dataclass
+class _Calendar:
+    """The calendar effect: f(step's calendar harmonics, final LSTM output), per step."""
+
+    features: Any
+    repeat: Any
+    concat: Any
+    hidden: Any
+    out: Any
+    add: Any
+
+    _NAMES = ("calendar_features", "calendar_context", "calendar_input", "calendar_hidden",
+              "calendar_out", "calendar_add")  # fmt: skip
+
+    @classmethod
+    def fresh(cls, cfg: ModelSpec) -> _Calendar:
+        return cls(
+            features=CalendarFeatures(cfg.horizon, name="calendar_features"),
+            repeat=keras.layers.RepeatVector(cfg.horizon, name="calendar_context"),
+            concat=keras.layers.Concatenate(name="calendar_input"),
+            hidden=keras.layers.Dense(16, activation="tanh", name="calendar_hidden"),
+            # Zero at first: a model starts as the plain forecaster and learns the calendar.
+            out=keras.layers.Dense(
+                cfg.num_features, kernel_initializer="zeros", name="calendar_out"
+            ),
+            add=keras.layers.Add(name="calendar_add"),
+        )
+
+    @classmethod
+    def of(cls, model: keras.Model) -> _Calendar | None:
+        names = {layer.name for layer in model.layers}
+        if "calendar_features" not in names:
+            return None
+        return cls(*(model.get_layer(name) for name in cls._NAMES))
+
+    def __call__(self, normalised: Any, top: Any, calendar: Any) -> Any:
+        context = self.concat([self.features(calendar), self.repeat(top)])
+        return self.add([normalised, self.out(self.hidden(context))])
 
 
 def _fresh_stack(cfg: ModelSpec, *, seeded: bool, stateful: bool = False) -> _Stack:
@@ -66,6 +109,7 @@ def _fresh_stack(cfg: ModelSpec, *, seeded: bool, stateful: bool = False) -> _St
         head=keras.layers.Dense(cfg.horizon * cfg.num_features, name="head"),
         reshape=keras.layers.Reshape((cfg.horizon, cfg.num_features), name="head_reshape"),
         denorm=Denormalize(name="forecast"),
+        calendar=_Calendar.fresh(cfg) if cfg.calendar else None,
     )
 
 
@@ -89,6 +133,7 @@ def _stack_of(model: keras.Model) -> _Stack:
         head=model.get_layer("head"),
         reshape=model.get_layer("head_reshape"),
         denorm=model.get_layer("forecast"),
+        calendar=_Calendar.of(model),
     )
 
 
@@ -97,9 +142,15 @@ def _seed(stack: _Stack, norm_truth: Any) -> list[list[Any]]:
 
 
 def _run(
-    stack: _Stack, z: Any, mean: Any, std: Any, initial: list[list[Any]] | None
+    stack: _Stack,
+    z: Any,
+    mean: Any,
+    std: Any,
+    initial: list[list[Any]] | None,
+    calendar: Any = None,
 ) -> tuple[Any, list[StatePair]]:
-    """LSTM stack plus direct head; the skip over the window carries seasonal structure."""
+    """LSTM stack plus direct head; the skip over the window carries seasonal structure,
+    the calendar effect (if the model has one) what the window cannot show."""
     x = z
     finals: list[StatePair] = []
     for k, lstm in enumerate(stack.lstms):
@@ -109,14 +160,29 @@ def _run(
             out, h, c = lstm(x, initial_state=initial[k])
         finals.append((h, c))
         x = stack.dropouts[k](out)
-    y = stack.head(stack.concat([x, stack.flatten(z)]))
-    return stack.denorm([stack.reshape(y), mean, std]), finals
+    y = stack.reshape(stack.head(stack.concat([x, stack.flatten(z)])))
+    if stack.calendar is not None:
+        y = stack.calendar(y, x, calendar)
+    return stack.denorm([y, mean, std]), finals
 
 
 def _inputs(cfg: ModelSpec) -> tuple[Any, Any]:
     window = keras.Input((cfg.num_steps, cfg.num_features), name="window")
     truth = keras.Input((cfg.num_features,), name="truth")
     return window, truth
+
+
+def _calendar_input(cfg: ModelSpec) -> dict[str, Any]:
+    """``{"calendar": Input}`` for a model with calendar inputs, else nothing."""
+    if not cfg.calendar:
+        return {}
+    return {"calendar": keras.Input((CALENDAR_WIDTH,), name="calendar")}
+
+
+def _check_calendar(stack: _Stack, cfg: ModelSpec) -> None:
+    if (stack.calendar is not None) != cfg.calendar:
+        has = "has" if stack.calendar is not None else "has no"
+        raise ValueError(f"model {has} calendar inputs, config says calendar={cfg.calendar}")
 
 
 def build_forecaster(cfg: ModelSpec) -> keras.Model:
@@ -126,13 +192,15 @@ def build_forecaster(cfg: ModelSpec) -> keras.Model:
     replace it at inference (``build_stepper``).
     """
     window, truth = _inputs(cfg)
+    extra = _calendar_input(cfg)
     stack = _fresh_stack(cfg, seeded=cfg.seeding != "zeros")
     z, mean, std = stack.norm(window)
     initial = None
     if stack.seeders:
         initial = _seed(stack, stack.truth_norm([truth, mean, std]))
-    forecast, _ = _run(stack, z, mean, std, initial)
-    return keras.Model({"window": window, "truth": truth}, forecast, name="forecaster")
+    forecast, _ = _run(stack, z, mean, std, initial, extra.get("calendar"))
+    inputs = {"window": window, "truth": truth, **extra}
+    return keras.Model(inputs, forecast, name="forecaster")
 
 
 def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
@@ -149,8 +217,10 @@ def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
             f"model has LSTM units {[lstm.units for lstm in stack.lstms]}, config says "
             f"{list(cfg.units)}"
         )
+    _check_calendar(stack, cfg)
     window, truth = _inputs(cfg)
-    inputs: dict[str, Any] = {"window": window, "truth": truth}
+    extra = _calendar_input(cfg)
+    inputs: dict[str, Any] = {"window": window, "truth": truth, **extra}
     z, mean, std = stack.norm(window)
     initial = None
     if cfg.seeding != "zeros":
@@ -169,7 +239,7 @@ def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
                     sel = CarrySelect(offset, u, name=f"carry_{s}_{k}")
                     initial[k][i] = sel([carry, has_carry, initial[k][i]])
                     offset += u
-    forecast, finals = _run(stack, z, mean, std, initial)
+    forecast, finals = _run(stack, z, mean, std, initial, extra.get("calendar"))
     states = keras.layers.Concatenate(name="states")([t for pair in finals for t in pair])
     return keras.Model(inputs, {"forecast": forecast, "states": states}, name="stepper")
 
@@ -177,15 +247,19 @@ def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
 def build_stateful_twin(model: keras.Model, cfg: ModelSpec, batch_size: int) -> keras.Model:
     """The textbook mechanism with a copy of the same weights: ``stateful=True`` LSTMs.
 
-    Takes only ``window`` (normalisation needs nothing else); each layer starts from
+    Takes only ``window`` (and ``calendar``, if the model has it); each layer starts from
     whatever ``assign_states`` put in its state variables and keeps its final state,
     so consecutive calls continue the sequence.
     """
     window = keras.Input(batch_shape=(batch_size, cfg.num_steps, cfg.num_features), name="window")
     stack = _fresh_stack(cfg, seeded=False, stateful=True)
     z, mean, std = stack.norm(window)
-    forecast, _ = _run(stack, z, mean, std, None)
-    twin = keras.Model(window, forecast, name="stateful_twin")
+    calendar = None
+    if cfg.calendar:
+        calendar = keras.Input(batch_shape=(batch_size, CALENDAR_WIDTH), name="calendar")
+    forecast, _ = _run(stack, z, mean, std, None, calendar)
+    inputs = window if calendar is None else {"window": window, "calendar": calendar}
+    twin = keras.Model(inputs, forecast, name="stateful_twin")
     for layer in twin.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -18,13 +18,14 @@ import numpy as np
 
 from streamcast.config import ModelSpec
 from streamcast.errors import StateShapeError
+from streamcast.learn.calendar import CALENDAR_WIDTH
 from streamcast.model.graph import build_stepper
 from streamcast.model.runtime import DEVICE, keras
 
 logger = logging.getLogger(__name__)
 
 JitMode = Literal["auto", "on", "off"]
-_INPUTS = ("window", "truth", "carry", "has_carry")
+_INPUTS = ("window", "truth", "carry", "has_carry", "calendar")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ class Predictor:
         self.trace_count = 0
         self._stepper = build_stepper(model, cfg)
         self._carry = cfg.seeding == "carry"
+        self._calendar = cfg.calendar
+        # The stepper's inputs, in the order each compiled function takes them.
+        self._names = [
+            name
+            for name in _INPUTS
+            if name in ("window", "truth")
+            or (self._carry and name in ("carry", "has_carry"))
+            or (self._calendar and name == "calendar")
+        ]
         self._fns: dict[int, Callable[..., Any]] = {}
         self._pads: dict[int, dict[str, np.ndarray]] = {}
         logger.debug("predictor device=%s jit=%s buckets=%s", self.device, self.jit, self.buckets)
@@ -101,11 +111,14 @@ class Predictor:
                 tf.TensorSpec((batch, self.width), tf.float32, "carry"),
                 tf.TensorSpec((batch,), tf.bool, "has_carry"),
             ]
+        if self._calendar:
+            spec.append(tf.TensorSpec((batch, CALENDAR_WIDTH), tf.float32, "calendar"))
+        names = self._names
 
         def step(*args: Any) -> tuple[Any, Any]:
             self.trace_count += 1  # runs only while tracing
             with tf.device(self.device):
-                out = self._stepper(dict(zip(_INPUTS, args, strict=False)), training=False)
+                out = self._stepper(dict(zip(names, args, strict=True)), training=False)
             return out["forecast"], out["states"]
 
         fn = tf.function(step, input_signature=spec, jit_compile=self.jit)
@@ -119,6 +132,7 @@ class Predictor:
                 np.zeros((b, self.cfg.num_features), np.float32),
                 np.zeros((b, self.width), np.float32),
                 np.zeros((b,), bool),
+                np.zeros((b, CALENDAR_WIDTH), np.float32),
             )
 
     def predict(
@@ -127,9 +141,14 @@ class Predictor:
         truth: np.ndarray,
         carry: np.ndarray | None = None,
         has_carry: np.ndarray | None = None,
+        calendar: np.ndarray | None = None,
     ) -> Prediction:
         """Forecast ``n`` windows; ``carry`` rows are used only in carry mode and only where
-        ``has_carry`` (default: all rows when ``carry`` is given) - the others are seeded."""
+        ``has_carry`` (default: all rows when ``carry`` is given) - the others are seeded.
+
+        ``calendar`` (n, 3), from ``streamcast.learn.calendar.calendar_inputs``, is required
+        by a model with calendar inputs (``model.calendar``) and ignored by the others.
+        """
         window = np.asarray(window, dtype=np.float32)
         truth = np.asarray(truth, dtype=np.float32)
         t, f = self.cfg.num_steps, self.cfg.num_features
@@ -139,11 +158,23 @@ class Predictor:
         if truth.shape != (n, f):
             raise ValueError(f"truth must be ({n}, {f}), got {truth.shape}")
         carry, has_carry = self._carry_inputs(n, carry, has_carry)
+        if self._calendar:
+            if calendar is None:
+                raise ValueError("this model forecasts from calendar inputs: pass calendar")
+            calendar = np.asarray(calendar, dtype=np.float32)
+            if calendar.shape != (n, CALENDAR_WIDTH):
+                raise ValueError(f"calendar must be ({n}, {CALENDAR_WIDTH}), got {calendar.shape}")
+        else:
+            calendar = np.zeros((n, CALENDAR_WIDTH), np.float32)
         forecasts, states = [], []
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
             fc, st = self._call(
-                window[start:stop], truth[start:stop], carry[start:stop], has_carry[start:stop]
+                window[start:stop],
+                truth[start:stop],
+                carry[start:stop],
+                has_carry[start:stop],
+                calendar[start:stop],
             )
             forecasts.append(fc)
             states.append(st)
@@ -175,11 +206,24 @@ class Predictor:
         return carry, has_carry
 
     def _call(
-        self, window: np.ndarray, truth: np.ndarray, carry: np.ndarray, has_carry: np.ndarray
+        self,
+        window: np.ndarray,
+        truth: np.ndarray,
+        carry: np.ndarray,
+        has_carry: np.ndarray,
+        calendar: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         m = window.shape[0]
         bucket = next(b for b in self.buckets if b >= m)
-        args = [window, truth, carry, has_carry] if self._carry else [window, truth]
+        given = {
+            "window": window,
+            "truth": truth,
+            "carry": carry,
+            "has_carry": has_carry,
+            "calendar": calendar,
+        }
+        names = self._names
+        args = [given[n] for n in names]
         if m < bucket:
             pads = self._pads.get(bucket)
             if pads is None:
@@ -188,9 +232,10 @@ class Predictor:
                     "truth": np.zeros((bucket, *truth.shape[1:]), np.float32),
                     "carry": np.zeros((bucket, self.width), np.float32),
                     "has_carry": np.zeros((bucket,), bool),
+                    "calendar": np.zeros((bucket, CALENDAR_WIDTH), np.float32),
                 }
             padded = []
-            for name, arr in zip(_INPUTS, args, strict=False):
+            for name, arr in zip(names, args, strict=True):
                 buf = pads[name]
                 buf[:m] = arr  # rows past m keep stale values: rows never mix, they are cut off
                 padded.append(buf)

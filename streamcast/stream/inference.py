@@ -19,6 +19,7 @@ import numpy as np
 
 from streamcast.config import Settings
 from streamcast.errors import ModelMismatchError
+from streamcast.learn.calendar import calendar_inputs
 from streamcast.learn.registry import LoadedModel
 from streamcast.stream.batcher import Ready
 from streamcast.stream.messages import DeadLetter, RebuiltRecord, encode_reading
@@ -116,7 +117,8 @@ class BatchInference:
         """Seed states, run the batch through the model: (n, horizon, features)."""
         if self.spec.seeding == "carry":
             return self._infer_carried(served.predictor, batch)
-        return served.predictor.predict(batch.windows, batch.truths).forecast
+        calendar = calendar_inputs(batch.ts, batch.step_s)
+        return served.predictor.predict(batch.windows, batch.truths, calendar=calendar).forecast
 
     def _bisect(
         self, infer: Infer, batch: Ready, rows: np.ndarray
@@ -168,8 +170,9 @@ class BatchInference:
             rows = np.flatnonzero(rank == r)
             slots, generations = batch.slots[rows], batch.generations[rows]
             carry, has_carry = self.store.carried.get(slots, generations)
+            calendar = calendar_inputs(batch.ts[rows], batch.step_s[rows])
             prediction = predictor.predict(
-                batch.windows[rows], batch.truths[rows], carry, has_carry
+                batch.windows[rows], batch.truths[rows], carry, has_carry, calendar
             )
             self.store.carried.put(slots, generations, prediction.states)
             forecast[rows] = prediction.forecast

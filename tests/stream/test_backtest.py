@@ -14,15 +14,21 @@ STEPS, H, F = 8, 4, 2
 STEP_S = 60.0
 
 
-def _model(tmp_path, seeding: str = "truth") -> LoadedModel:  # type: ignore[no-untyped-def]
+def _model(tmp_path, seeding: str = "truth", calendar: bool = False) -> LoadedModel:  # type: ignore[no-untyped-def]
     from streamcast.model import build_forecaster
     from streamcast.model.runtime import keras
 
     keras.utils.set_random_seed(seeding.__len__())
-    spec = ModelSpec(num_steps=STEPS, horizon=H, num_features=F, units=[6, 5], seeding=seeding)
+    spec = ModelSpec(
+        num_steps=STEPS, horizon=H, num_features=F, units=[6, 5], seeding=seeding,
+        calendar=calendar,
+    )  # fmt: skip
     model = build_forecaster(spec)
+    for layer in model.layers:  # the calendar effect starts at zero: make it visible
+        if layer.name == "calendar_out":
+            layer.set_weights([np.full_like(w, 0.5) for w in layer.get_weights()])
     # A model whose output depends on its seed, its window and its position in time.
-    registry = ModelRegistry(tmp_path / f"registry-{seeding}")
+    registry = ModelRegistry(tmp_path / f"registry-{seeding}-{calendar}")
     registry.save(model, spec)
     return registry.load()
 
@@ -47,10 +53,12 @@ def _by_key(done: list[Forecasts]) -> dict[tuple[str, float], np.ndarray]:
     return out
 
 
-def test_forecasts_are_the_predictors_on_each_window_and_its_truth(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("calendar", [False, True], ids=["plain", "calendar"])
+def test_forecasts_are_the_predictors_on_each_window_and_its_truth(tmp_path, calendar) -> None:  # type: ignore[no-untyped-def]
+    from streamcast.learn.calendar import calendar_inputs
     from streamcast.model.predictor import Predictor
 
-    loaded = _model(tmp_path)
+    loaded = _model(tmp_path, calendar=calendar)
     data = {"a": _series(40, 1), "b": _series(33, 2, t0=1_700_000_030.0)}
     done: list[Forecasts] = []
     report = run_backtest(
@@ -63,7 +71,8 @@ def test_forecasts_are_the_predictors_on_each_window_and_its_truth(tmp_path) -> 
         for i in range(STEPS, len(ts)):  # a window needs STEPS readings and the truth before
             window = values[i - STEPS + 1 : i + 1].astype(np.float32)
             truth = values[i - STEPS].astype(np.float32)
-            want = predictor.predict(window[None], truth[None]).forecast[0]
+            when = calendar_inputs([ts[i]], STEP_S)
+            want = predictor.predict(window[None], truth[None], calendar=when).forecast[0]
             np.testing.assert_allclose(got[(name, float(ts[i]))], want, rtol=1e-5, atol=1e-5)
             expected += 1
     assert len(got) == expected == report.forecasts
