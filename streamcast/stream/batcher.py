@@ -108,14 +108,30 @@ class Batcher:
         return max(0.0, min(idle_s, self._oldest + self.max_wait_s - now))
 
     def take(self, now: float) -> Ready:
-        """Up to ``max_batch`` rows, oldest first; the rest keeps waiting."""
-        whole = Ready.concat(self._parts)
-        batch = whole.slice(0, self.max_batch)
-        rest = whole.slice(self.max_batch, len(whole))
-        self._parts = [rest] if len(rest) else []
-        self._rows = len(rest)
-        self._oldest = now if len(rest) else None
-        return batch
+        """Up to ``max_batch`` rows, oldest first; the rest keeps waiting.
+
+        Only the parts the batch needs are touched (the last one split), so draining a
+        large backlog costs O(backlog), not O(backlog² / max_batch).
+        """
+        needed = self.max_batch
+        used = 0
+        rows = 0
+        while used < len(self._parts) and rows < needed:
+            rows += len(self._parts[used])
+            used += 1
+        head = self._parts[:used]
+        rest = self._parts[used:]
+        over = rows - needed
+        if over > 0:
+            last = head[-1]
+            cut = len(last) - over
+            head[-1] = last.slice(0, cut)
+            rest.insert(0, last.slice(cut, len(last)))
+            rows = needed
+        self._parts = rest
+        self._rows -= rows
+        self._oldest = now if self._rows else None
+        return Ready.concat(head)
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget rows of partitions this process no longer owns."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamcast.stream.batcher import Batcher, Ready
 
@@ -55,3 +57,30 @@ def test_rows_of_revoked_partitions_are_dropped() -> None:
     batch = b.take(now=0.0)
     assert batch.partitions.tolist() == [0, 2]
     assert batch.sensors == ["s0", "s2"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+    max_batch=st.integers(1, 50),
+)
+def test_taking_drains_every_row_once_in_order_in_full_batches(
+    sizes: list[int], max_batch: int
+) -> None:
+    b = Batcher(max_batch=max_batch, max_wait_s=10.0)
+    offset = 0
+    for n in sizes:
+        b.add(_ready([0] * n, list(range(offset, offset + n))), now=0.0)
+        offset += n
+    taken: list[int] = []
+    batches = []
+    while len(b):
+        before = len(b)
+        batch = b.take(now=1.0)
+        assert len(b) == before - len(batch)
+        batches.append(len(batch))
+        taken += batch.offsets.tolist()
+        if len(b):
+            assert b.first_offsets() == {0: taken[-1] + 1}
+    assert taken == list(range(offset))
+    assert all(n == max_batch for n in batches[:-1]) and 0 < batches[-1] <= max_batch
