@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.results import iso_minutes, write_json
 from streamcast.config import ModelSpec, TrainingSettings
 from streamcast.learn.datafiles import load_csv
 from streamcast.sim.fleet import SensorFleet
@@ -357,18 +358,6 @@ def format_tables(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path | None, result: Mapping[str, Any]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    tmp.replace(path)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="minutes")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -434,8 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "stride": ds.stride,
                 "sensors": len(p.sensors),
                 "readings": int(p.values.shape[0] * p.values.shape[1]),
-                "cut": _iso(p.cut),
-                "first_origin": _iso(float(p.ts[p.origins[0]])),
+                "cut": iso_minutes(p.cut),
+                "first_origin": iso_minutes(float(p.ts[p.origins[0]])),
                 "origins": len(p.origins),
                 "season": p.season,
                 "week": p.week,
@@ -465,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                _write(args.out, result)
+                write_json(args.out, result)
             if not args.skip_baselines:
                 print(f"[{name}] lightgbm, nhits ...", file=sys.stderr, flush=True)
                 preds, secs, log = run_baselines(
@@ -489,9 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods["seasonal naive"] = score(naive(p, p.season), p.truth)
             methods["weekly naive"] = score(naive(p, p.week), p.truth)
             entry["seconds"] = round(time.monotonic() - began, 1)
-            _write(args.out, result)
+            write_json(args.out, result)
     result["seconds"] = round(time.monotonic() - began_all, 1)
-    _write(args.out, result)
+    write_json(args.out, result)
     print(format_tables(result))
     print(f"\nwall time {result['seconds']:.0f} s")
     return 0

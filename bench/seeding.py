@@ -79,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.results import iso_minutes, write_json
 from streamcast.config import SEEDING_MODES, ModelSpec, TrainingSettings
 from streamcast.learn.datafiles import load_csv
 from streamcast.learn.examples import make_examples, split_at_gaps
@@ -534,18 +535,6 @@ def format_tables(result: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _write(path: Path | None, result: Mapping[str, Any]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    tmp.replace(path)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="minutes")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(
@@ -648,13 +637,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "readings": int(sum(len(t) for t, _ in data.values())),
                 "train_readings": int(sum(len(s) for s in series)),
                 "train_pieces": len(series),
-                "test_from": _iso(cut),
+                "test_from": iso_minutes(cut),
                 "runs": [],
             }
             print(
                 f"{name}: {result['datasets'][name]['readings']} readings, "
                 f"{len(series)} training pieces ({result['datasets'][name]['train_readings']} "
-                f"readings) before {_iso(cut)}",
+                f"readings) before {iso_minutes(cut)}",
                 flush=True,
             )
         for seed in seeds:
@@ -705,12 +694,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         {n: d.get("summary", {}) for n, d in result["datasets"].items()}
                     )
                     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
-                    _write(args.out, result)
+                    write_json(args.out, result)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
-    _write(args.out, result)
+    write_json(args.out, result)
     if not args.train_only:
         print()
         print(format_tables(result))
