@@ -247,8 +247,9 @@ def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[ModelCall]:
         truth: np.ndarray,
         carry: np.ndarray | None = None,
         has_carry: np.ndarray | None = None,
+        calendar: np.ndarray | None = None,
     ) -> Prediction:
-        out = real(self, window, truth, carry, has_carry)
+        out = real(self, window, truth, carry, has_carry, calendar)
         calls.append(
             ModelCall(
                 np.array(window, np.float32),
