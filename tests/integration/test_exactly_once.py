@@ -43,13 +43,28 @@ from kafka.record import MemoryRecords
 
 from streamcast.sim.broker import EmbeddedBroker
 
-from .conftest import SPEC, Topics, fleet_readings, produce_readings, settings_for, spawn_run
+from .conftest import (
+    SPEC,
+    Topics,
+    fleet_readings,
+    fresh_topics,
+    produce_readings,
+    settings_for,
+    spawn_run,
+)
+from .proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 SENSORS = 6
 STEPS = SPEC.num_steps + 1 + 500  # 501 forecasts per sensor
 EXACTLY_ONCE = {"STREAMCAST_KAFKA__EXACTLY_ONCE": "true"}
+# The proxy holds each AddOffsetsToTxn request (API key 25) this long. The daemon sends it
+# after its records were acknowledged and before it asks for the commit, so every
+# transaction stays open with its records for a while: a kill in that time lands
+# mid-transaction, whatever the machine's speed, and the transaction must be aborted.
+ADD_OFFSETS_TO_TXN = 25
+HOLD_S = 0.2
 
 Key = tuple[str, float]  # (sensor, ts): one forecast
 
@@ -192,7 +207,16 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_sigkill_twice_then_restart_commits_every_forecast_once(
-    broker: EmbeddedBroker, topics: Topics, registry: Path, tmp_path: Path
+    proxied: tuple[EmbeddedBroker, TcpProxy], registry: Path, tmp_path: Path
+) -> None:
+    broker, proxy = proxied
+    proxy.delay = (ADD_OFFSETS_TO_TXN, HOLD_S)
+    with fresh_topics(broker) as topics:
+        _sigkill_twice_then_restart(broker, proxy, topics, registry, tmp_path)
+
+
+def _sigkill_twice_then_restart(
+    broker: EmbeddedBroker, proxy: TcpProxy, topics: Topics, registry: Path, tmp_path: Path
 ) -> None:
     readings = fleet_readings(SENSORS, STEPS, seed=11)
     produce_readings(broker, topics.readings, readings)
@@ -202,6 +226,7 @@ def test_sigkill_twice_then_restart_commits_every_forecast_once(
         topics,
         registry,
         kafka={
+            "bootstrap_servers": proxy.address,
             "max_poll_records": 200,
             "transactional_id": f"streamcast-eos-{uuid.uuid4().hex[:6]}",
         },
