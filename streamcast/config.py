@@ -358,6 +358,22 @@ class Settings(BaseModel):
             )
         return {**data, "model": {**model, "num_steps": steps}}
 
+    @model_validator(mode="after")
+    def _carry_needs_whole_windows(self) -> Settings:
+        """Carry mode starts each window from the states the sensor's previous window
+        ended with. That is right only if the window starts where the previous one
+        ended: with a shorter stride the readings they share would count twice, with a
+        longer one the readings between them would never reach the states."""
+        steps, stride = self.window.num_steps, self.window.stride
+        if self.model.seeding == "carry" and stride != steps:
+            raise ValueError(
+                f"model.seeding 'carry' needs window.stride equal to window.num_steps "
+                f"({steps}), but window.stride is {stride}: each window must start where "
+                "the sensor's previous one ended. Set window.stride to "
+                f"{steps}, or model.seeding to 'truth' or 'zeros'"
+            )
+        return self
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""
         return self.model_dump(mode="json")
@@ -460,6 +476,9 @@ def load_settings(
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "(root)"
+            if not loc:  # a check across sections: its message names the settings
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            field = ".".join(str(p) for p in loc)
             problems.append(f"{field} (env {env_name(loc)}): {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

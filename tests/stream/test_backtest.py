@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -162,13 +164,14 @@ def test_truth_is_matched_by_time_so_a_missing_reading_is_not_scored(tmp_path) -
 def test_carry_mode_carries_states_through_the_history_before_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
     loaded = _model(tmp_path, "carry")
     data = {"a": _series(40, 6)}
-    start = float(data["a"][0][25])
+    start = float(data["a"][0][27])  # a forecast of the stride's (rows 11, 19, 27, 35)
+    with pytest.raises(ValueError, match=r"seeding 'carry'.* stride of the window's 8"):
+        run_backtest(data, loaded, stride=1)
     whole: list[Forecasts] = []
-    run_backtest(data, loaded, max_batch=8, jit_compile="off", on_forecasts=_collect(whole))
+    run = functools.partial(run_backtest, stride=STEPS, max_batch=8, jit_compile="off")
+    run(data, loaded, on_forecasts=_collect(whole))
     later: list[Forecasts] = []
-    run_backtest(
-        data, loaded, start=start, max_batch=8, jit_compile="off", on_forecasts=_collect(later)
-    )
+    run(data, loaded, start=start, on_forecasts=_collect(later))
     a, b = _by_key(whole), _by_key(later)
     for key, fc in b.items():
         if key[1] >= start:
@@ -176,14 +179,8 @@ def test_carry_mode_carries_states_through_the_history_before_start(tmp_path) ->
     # Starting cold at ``start`` (no history) gives other forecasts: the carry mattered.
     ts, values = data["a"]
     cold: list[Forecasts] = []
-    cut = 25 - STEPS
-    run_backtest(
-        {"a": (ts[cut:], values[cut:])},
-        loaded,
-        max_batch=8,
-        jit_compile="off",
-        on_forecasts=_collect(cold),
-    )
+    cut = 17  # the window and truth of row 27's forecast, and one reading to spare
+    run({"a": (ts[cut:], values[cut:])}, loaded, on_forecasts=_collect(cold))
     first = ("a", start)
     assert np.abs(_by_key(cold)[first] - a[first]).max() > 1e-4
 
