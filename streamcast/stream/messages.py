@@ -14,9 +14,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import chain
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -41,6 +43,24 @@ _NUMBER_TYPES = frozenset((int, float))  # exact types: bool is an int subclass 
 _partition = attrgetter("partition")
 _offset = attrgetter("offset")
 _timestamp = attrgetter("timestamp")
+_value = attrgetter("value")
+_key = attrgetter("key")
+_sensor = attrgetter("sensor")
+_ts = attrgetter("ts")
+_values = attrgetter("values")
+
+
+class _Reading(msgspec.Struct):
+    """A reading's fields, typed: msgspec checks the types while it parses (in C), so a
+    whole poll of good readings costs one call per record and no Python checks. Like
+    the per-record path, it refuses booleans as numbers and ignores unknown fields."""
+
+    sensor: str
+    ts: float
+    values: list[float]
+
+
+_decode_reading = msgspec.json.Decoder(_Reading).decode
 
 
 class RecordLike(Protocol):
@@ -250,48 +270,19 @@ def decode_records(
     would otherwise make every later reading of its sensor look out of order), are
     checked vectorised at the end. Unknown fields are ignored.
     """
-    ok: list[tuple[int, str, Any, Any]] = []  # (index, sensor, ts, values) as parsed
-    ok_records: list[RecordLike] = []
-    bad: list[tuple[int, str, str]] = []
-    number_types = _NUMBER_TYPES
-    issuperset = number_types.issuperset
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
     f = num_features
+    parsed = _parse_all(records, f, max_bytes)
+    if parsed is None:
+        parsed = _parse_each(records, f, max_bytes)
+    kept, sensors, ts_t, vals_t, ok_records, bad = parsed
 
-    for i, rec in enumerate(records):
-        raw = rec.value
-        key = rec.key
-        try:
-            obj = loads(raw) if raw is not None and len(raw) <= max_bytes else None
-        except decode_error:
-            obj = None
-        if (
-            type(obj) is dict
-            and type(sensor := obj.get("sensor")) is str
-            and sensor
-            and type(ts := obj.get("ts")) in number_types
-            and type(values := obj.get("values")) is list
-            and len(values) == f
-            and issuperset(map(type, values))
-            and (key is None or key == sensor.encode())
-        ):
-            ok.append((i, sensor, ts, values))
-            ok_records.append(rec)
-        else:
-            bad.append((i, *_diagnose(raw, key, f, max_bytes)))
-
-    n = len(ok)
-    if n:
-        kept, sensors_t, ts_t, vals_t = zip(*ok, strict=True)
-        sensors = list(sensors_t)
-    else:
-        kept, sensors, ts_t, vals_t = (), [], (), ()
+    n = len(sensors)
     index = np.array(kept, dtype=np.int64)
-    ts_arr = np.array(ts_t, dtype=np.float64)
+    ts_arr = np.fromiter(ts_t, dtype=np.float64, count=n)
     with np.errstate(over="ignore", invalid="ignore"):
         # float64 values beyond the float32 range become inf here and are refused below.
-        values_arr = np.array(vals_t, dtype=np.float64).reshape(n, f).astype(np.float32)
+        flat = np.fromiter(chain.from_iterable(vals_t), dtype=np.float64, count=n * f)
+        values_arr = flat.reshape(n, f).astype(np.float32)
     partitions = np.fromiter(map(_partition, ok_records), np.int32, count=n)
     offsets = np.fromiter(map(_offset, ok_records), np.int64, count=n)
     log_ts = np.fromiter(map(_timestamp, ok_records), np.float64, count=n) / 1000.0
@@ -320,6 +311,72 @@ def decode_records(
     if letters:
         logger.debug("decoded records=%d ok=%d dead=%d", len(records), n, len(letters))
     return readings, letters
+
+
+_Parsed = tuple[
+    Sequence[int],
+    list[str],
+    Sequence[float],
+    Sequence[Sequence[float]],
+    Sequence[RecordLike],
+    list[tuple[int, str, str]],
+]
+
+
+def _parse_all(records: Sequence[RecordLike], f: int, max_bytes: int) -> _Parsed | None:
+    """Every record parsed as a reading at once, or None when any one is not a valid
+    reading: the caller then goes record by record to say which and why."""
+    raws = list(map(_value, records))
+    try:
+        if raws and max(map(len, raws)) > max_bytes:  # len(None) raises: a tombstone
+            return None
+        parsed = list(map(_decode_reading, raws))
+    except (msgspec.DecodeError, TypeError):
+        return None
+    sensors = list(map(_sensor, parsed))
+    values = list(map(_values, parsed))
+    if not all(sensors) or any(len(v) != f for v in values):
+        return None
+    keys = list(map(_key, records))
+    if any(k is not None and k != s.encode() for k, s in zip(keys, sensors, strict=True)):
+        return None
+    return range(len(records)), sensors, list(map(_ts, parsed)), values, records, []
+
+
+def _parse_each(records: Sequence[RecordLike], f: int, max_bytes: int) -> _Parsed:
+    """Record by record: the good ones, and a (index, reason, detail) per bad one."""
+    kept: list[int] = []
+    sensors: list[str] = []
+    ts_list: list[Any] = []
+    values_list: list[Any] = []
+    ok_records: list[RecordLike] = []
+    bad: list[tuple[int, str, str]] = []
+    issuperset = _NUMBER_TYPES.issuperset
+    for i, rec in enumerate(records):
+        raw = rec.value
+        key = rec.key
+        try:
+            obj = orjson.loads(raw) if raw is not None and len(raw) <= max_bytes else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if (
+            type(obj) is dict
+            and type(sensor := obj.get("sensor")) is str
+            and sensor
+            and type(ts := obj.get("ts")) in _NUMBER_TYPES
+            and type(values := obj.get("values")) is list
+            and len(values) == f
+            and issuperset(map(type, values))
+            and (key is None or key == sensor.encode())
+        ):
+            kept.append(i)
+            sensors.append(sensor)
+            ts_list.append(ts)
+            values_list.append(values)
+            ok_records.append(rec)
+        else:
+            bad.append((i, *_diagnose(raw, key, f, max_bytes)))
+    return kept, sensors, ts_list, values_list, ok_records, bad
 
 
 def encode_forecasts(

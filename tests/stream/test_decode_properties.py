@@ -4,12 +4,14 @@ as a reading or as a dead letter that a producer accepts, and nothing is raised.
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamcast.stream import messages
 from streamcast.stream.messages import decode_records
 
 from .test_messages import Rec
@@ -86,3 +88,33 @@ def test_every_record_is_a_reading_or_a_dead_letter_exactly_once(batch: list[Rec
         assert all(isinstance(v, bytes) for _, v in headers)
         if dl.value is not None and len(dl.value) + len(dl.key or b"") <= 1_000:
             assert (key, value) == (dl.key, dl.value)  # byte for byte when it fits
+
+
+@st.composite
+def readings_records(draw: Any) -> Rec:
+    """Well-formed readings (with edge values: empty sensors, numbers past float32,
+    far-future ts, a wrong key now and then): the polls the whole-poll path takes."""
+    doc = draw(readings)
+    right = doc["sensor"].encode()
+    key = draw(st.one_of(st.just(right), st.none())) if draw(st.integers(0, 19)) else b"?"
+    offset = draw(st.integers(0, 10**9))
+    return Rec(
+        "readings", draw(st.integers(0, 5)), offset, 1_764_320_400_000, key, orjson.dumps(doc)
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(records(), max_size=30), st.lists(readings_records(), max_size=30)))
+def test_the_whole_poll_path_decodes_as_the_record_by_record_path(batch: list[Rec]) -> None:
+    """A poll of good readings is parsed in one typed pass; any bad record sends the
+    poll record by record. Both must read every record the same way."""
+    fast, fast_letters = decode_records(batch, F, MAX_BYTES, max_ts=MAX_TS)
+    with mock.patch.object(messages, "_parse_all", return_value=None):
+        slow, slow_letters = decode_records(batch, F, MAX_BYTES, max_ts=MAX_TS)
+    assert fast.sensors == slow.sensors
+    for name in ("ts", "values", "partitions", "offsets", "log_ts", "record_index"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert [(d.offset, d.reason) for d in fast_letters] == [
+        (d.offset, d.reason) for d in slow_letters
+    ]
