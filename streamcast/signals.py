@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import multiprocessing.connection
 import os
 import select
 import signal
@@ -124,6 +125,31 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(EXIT_OVERRUN)
+
+
+def start_and_watch(process: Any, name: str) -> tuple[threading.Thread, threading.Event]:
+    """Start a ``multiprocessing`` process from a new thread that then waits for it.
+
+    For processes whose ``start`` may take a while (the child reads its arguments
+    from a pipe) and must not hold up the caller. The thread stays until the child
+    ends because the kernel's parent-death signal (``die_with_parent``) belongs to
+    the *thread* that started the child: a starter thread that ended once the child
+    was up would kill it, as soon as the child had set the signal. The event is set
+    once ``start`` has returned (or failed).
+    """
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            process.start()
+        finally:
+            started.set()
+        # Wait on the sentinel, not with join(): the owner reaps the child itself.
+        multiprocessing.connection.wait([process.sentinel])
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, started
 
 
 _EXEC_CHILD = (

@@ -28,7 +28,7 @@ import numpy as np
 from streamcast.config import ModelSpec, TrainingSettings
 from streamcast.learn.cpus import available_cpus
 from streamcast.learn.history import Segment
-from streamcast.signals import die_with_parent
+from streamcast.signals import die_with_parent, start_and_watch
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +184,14 @@ class RetrainingJob:
         ctx = multiprocessing.get_context("spawn")
         self.process = ctx.Process(target=_run, args=args, name="streamcast-retrain", daemon=True)
         self._starter = threading.Thread()  # replaced by start()
+        self._started = threading.Event()
 
     def start(self) -> RetrainingJob:
         """Start the process from a helper thread: ``Process.start`` waits until the child
         has read its arguments, a pipe's worth of replayed readings at a time, and the
-        loop must not wait with it."""
-        self._starter = threading.Thread(
-            target=self.process.start, name="streamcast-retrain-start", daemon=True
-        )
-        self._starter.start()
+        loop must not wait with it. The thread then stays until the child ends (see
+        ``start_and_watch``)."""
+        self._starter, self._started = start_and_watch(self.process, "streamcast-retrain")
         return self
 
     def done(self) -> bool:
@@ -212,7 +211,8 @@ class RetrainingJob:
         return found
 
     def stop(self) -> None:
-        self._starter.join(timeout=30)
+        if self._starter.is_alive():
+            self._started.wait(timeout=30)  # never cut the arguments' pipe mid-write
         if self.process.is_alive():
             self.process.terminate()
         self.process.join(timeout=5)
