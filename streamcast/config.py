@@ -108,6 +108,14 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     max_poll_records: int = Field(2_000, ge=1)
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=0,
+        le=60_000,
+        description="longest the broker may hold a fetch for more data; it bounds how "
+        "long a reading can wait at the broker before the daemon sees it (the client's "
+        "own default, 500, adds up to half a second on brokers that hold fetches)",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     compression_type: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "lz4"
     linger_ms: int = Field(5, ge=0)

@@ -95,6 +95,7 @@ class KafkaSource:
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             # Incremental rebalancing (KIP-429): a rebalance revokes only the partitions
             # that move, so the ones that stay keep their windows and queued work.
             partition_assignment_strategy=(CooperativeStickyAssignor,),

@@ -77,6 +77,7 @@ class Trainer:
                     session_timeout_ms=s.kafka.session_timeout_ms,
                     heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
                     max_poll_records=s.kafka.max_poll_records,
+                    fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
                 )
             self.consumer.subscribe([s.kafka.input_topic])
         except (StartupError, OSError) as exc:

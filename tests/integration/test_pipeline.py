@@ -151,9 +151,14 @@ def test_stride_96_forecasts_once_per_new_window(
     steps = 97 + 96 * 2 + 10  # first window, two more full windows, then a partial one
     readings = fleet_readings(2, steps, seed=2)
     produce_readings(broker, topics.readings, readings)
-    daemon = start_daemon(settings_for(broker, topics, registry, window={"stride": 96}))
+    settings = settings_for(
+        broker, topics, registry, window={"stride": 96}, kafka={"fetch_max_wait_ms": 30}
+    )
+    daemon = start_daemon(settings)
     # Every reading committed, so every forecast published: count them exactly.
     _wait_all_read(broker, topics, len(readings))
+    # The client's own default (500 ms) would let a reading wait that long at the broker.
+    assert daemon.daemon.source.consumer.config["fetch_max_wait_ms"] == 30
     docs = forecasts_of(_consume_final(broker, topics.forecasts))
     assert daemon.stop() == 0
     counts = Counter(d["sensor"] for d in docs)
