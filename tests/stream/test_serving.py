@@ -10,10 +10,12 @@ per call; the models are tiny so each load (Keras load + compile + warm-up) is q
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import keras
@@ -197,6 +199,23 @@ def test_new_version_loads_off_the_loop_and_swaps_in_on_a_later_maintain(
     assert (h.version, h.swaps) == (3, [(1, 2), (2, 3)])
     assert held.threads == ["streamcast-load-v2", "streamcast-load-v3"]
     assert threading.current_thread().name not in held.threads
+
+
+def test_serving_freezes_the_heap_and_a_swapped_out_version_is_still_collected(
+    pointed: Harness, model: keras.Model
+) -> None:
+    """Frozen objects are never walked by the cyclic collector (no full-collection
+    pauses mid-stream); a version swapped out must not stay frozen with them."""
+    h, reg = pointed, pointed.serving.registry
+    assert h.serving.served is not None
+    old = weakref.ref(h.serving.served.predictor._stepper)  # a Keras model: full of cycles
+    assert gc.get_freeze_count() > 0
+    assert reg.save(model, CFG) == 2
+    h.clock.now += REGISTRY_CHECK_S
+    h.serving.maintain()
+    h.settle()
+    assert h.version == 2 and gc.get_freeze_count() > 0
+    assert old() is None, "the swapped-out version's model is still alive"
 
 
 def test_failed_background_load_leaves_the_old_model_serving(
