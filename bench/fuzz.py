@@ -29,12 +29,11 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from streamcast.config import ModelSpec, TrainingSettings, load_settings
-from streamcast.learn.fit import train
-from streamcast.learn.registry import ModelRegistry
+from bench.common import train_registry
+from streamcast.config import ModelSpec, load_settings
 from streamcast.ops.metrics import Metrics
 from streamcast.sim.broker import EmbeddedBroker, create_topics
-from streamcast.sim.fleet import SensorFleet, fleet_series
+from streamcast.sim.fleet import SensorFleet
 from streamcast.stream.daemon import Daemon
 from streamcast.stream.messages import encode_reading
 
@@ -156,9 +155,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         spec = ModelSpec(units=(8, 8))
-        settings_ = TrainingSettings(max_seconds=5, max_epochs=1)
-        model = train(spec, fleet_series(4, 96 * 7, seed=1), settings_, progress=False).model
-        ModelRegistry(tmp).save(model, spec, metrics={}, data_range={})
+        train_registry(tmp, spec.units)
         topic = f"fuzz-{uuid.uuid4().hex[:6]}"
         create_topics(broker.bootstrap, {topic: PARTITIONS})
         _produce(broker.bootstrap, topic, records)

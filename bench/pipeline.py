@@ -23,12 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamcast.config import ModelSpec, TrainingSettings, load_settings
-from streamcast.learn.fit import train
-from streamcast.learn.registry import ModelRegistry
+from bench.common import train_registry
+from streamcast.config import ModelSpec, load_settings
 from streamcast.ops.metrics import Metrics
 from streamcast.sim.broker import EmbeddedBroker, create_topics
-from streamcast.sim.fleet import SensorFleet, fleet_series
+from streamcast.sim.fleet import SensorFleet
 from streamcast.stream.daemon import Daemon
 from streamcast.stream.messages import encode_reading
 
@@ -133,13 +132,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         spec = ModelSpec(units=units)
-        model = train(
-            spec,
-            fleet_series(4, 96 * 7, seed=1),
-            TrainingSettings(max_seconds=5, max_epochs=1),
-            progress=False,
-        ).model
-        ModelRegistry(tmp).save(model, spec, metrics={}, data_range={})
+        train_registry(tmp, units)
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         outputs = {False: f"{topic}.forecasts", True: f"{topic}.forecasts-eos"}
         create_topics(broker.bootstrap, {topic: 4, **{name: 4 for name in outputs.values()}})

@@ -56,8 +56,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import orjson
 
+from bench.common import train_registry
 from bench.pipeline import _produce
-from bench.soak import _cpu_seconds, _daemon_env, _scrape, _train_registry
+from bench.soak import _cpu_seconds, _daemon_env, _scrape
 from streamcast.learn.examples import split_sizes
 from streamcast.learn.gate import split_held_out
 from streamcast.learn.history import Segment
@@ -437,7 +438,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="streamcast-bench-") as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
         print("training a small model ...", flush=True)
-        _train_registry(work / "template", units)
+        train_registry(work / "template", units)
         topic = f"retrain-{uuid.uuid4().hex[:6]}"
         create_topics(broker.bootstrap, {topic: PARTITIONS})
         produced_at = time.perf_counter()

@@ -28,9 +28,9 @@ subject, and its replay buffer, at most ``training.replay_bytes``, is not per se
    broker's ack (this broker keeps the producers' timestamps: it has no log-append
    time). The same pace is then sent to a topic the daemon does not read, to a
    kafka-python consumer set up like the daemon's (the transport alone: the daemon's
-   ``kafka.fetch_max_wait_ms``), and again with the client's default of 500 ms. Also the p99 of one full
-   batch (``inference.max_batch`` windows) through ``Predictor``, in this process
-   with no daemon running. Target: p99 <= ``inference.max_wait_ms`` + 3 x that.
+   ``kafka.fetch_max_wait_ms``), and again with the client's default of 500 ms. Also
+   the p99 of one full batch (``inference.max_batch`` windows) through ``Predictor``,
+   in this process with no daemon running. Target: p99 <= ``inference.max_wait_ms`` + 3 x that.
 
 A timed backlog has ``--steady-readings`` readings, at least one per sensor.
 100,000 sensors need 9.7 million warm-up readings; they go through the topic and the
@@ -52,7 +52,6 @@ import itertools
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -73,12 +72,12 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import stop_process, train_registry
 from bench.results import write_json
 from streamcast.config import (
     InferenceSettings,
     KafkaSettings,
     ModelSpec,
-    TrainingSettings,
     WindowSettings,
 )
 from streamcast.sim.broker import EmbeddedBroker, create_topics, free_port
@@ -109,21 +108,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def train_registry(path: Path) -> None:
-    """``ModelSpec()`` trained for a few seconds, as bench/pipeline.py: only weights matter."""
-    from streamcast.learn.fit import train
-    from streamcast.learn.registry import ModelRegistry
-    from streamcast.sim.fleet import fleet_series
-
-    model = train(
-        SPEC,
-        fleet_series(4, 96 * 7, seed=1),
-        TrainingSettings(max_seconds=5, max_epochs=1),
-        progress=False,
-    ).model
-    ModelRegistry(path).save(model, SPEC, metrics={}, data_range={})
 
 
 # -- readings ---------------------------------------------------------------------------
@@ -306,12 +290,7 @@ class DaemonProcess:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 # -- 1. scale curve (and 2. memory) -----------------------------------------------------
@@ -882,7 +861,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         registry = tmp / "registry"
         print("training the model (units 16, 16) for a few seconds ...", flush=True)
-        train_registry(registry)
+        train_registry(registry, SPEC.units)
         for n in counts:
             plan = LatencyPlan(n, args.latency_seconds) if n == args.latency_sensors else None
             t0 = time.monotonic()

@@ -42,6 +42,7 @@ import numpy as np
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import train_registry
 from streamcast.sim.broker import EmbeddedBroker, create_topics, free_port
 from streamcast.sim.producer import FleetProducer
 
@@ -59,23 +60,6 @@ class Sample:
     forecasts: int | None
     readings_ok: int | None
     sent: int
-
-
-def _train_registry(path: Path, units: tuple[int, ...]) -> None:
-    """A small model, trained briefly (as bench/pipeline.py does)."""
-    from streamcast.config import ModelSpec, TrainingSettings
-    from streamcast.learn.fit import train
-    from streamcast.learn.registry import ModelRegistry
-    from streamcast.sim.fleet import fleet_series
-
-    spec = ModelSpec(units=units)
-    result = train(
-        spec,
-        fleet_series(4, 96 * 7, seed=1),
-        TrainingSettings(max_seconds=5, max_epochs=1),
-        progress=False,
-    )
-    ModelRegistry(path).save(result.model, spec, metrics={}, data_range={})
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -206,7 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="streamcast-soak-") as tmp, EmbeddedBroker() as broker:
         registry = Path(tmp) / "registry"
         print("training a small model ...", flush=True)
-        _train_registry(registry, units)
+        train_registry(registry, units)
         topic = f"soak-{uuid.uuid4().hex[:6]}"
         create_topics(
             broker.bootstrap,

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -65,10 +64,11 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from bench.common import stop_process, train_registry
 from bench.pipeline import _produce
 from bench.results import iso_minutes, write_json
 from bench.retrain import _machine_jiffies, _trainer_pid
-from bench.soak import _cpu_seconds, _scrape, _train_registry
+from bench.soak import _cpu_seconds, _scrape
 from streamcast.config import KafkaSettings, ModelSpec, WindowSettings
 from streamcast.signals import child_command
 from streamcast.sim.broker import EmbeddedBroker, create_topics, free_port
@@ -327,17 +327,6 @@ def _watch(
         admin.close()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 def _count_output(bootstrap: str, topic: str, expected: int) -> tuple[int, float | None]:
     """(messages, mean value bytes) on ``topic``: that each ran the whole job, and how big
     its forecasts really are. Read to the end, after the measurement."""
@@ -425,7 +414,7 @@ def _run_streamcast(
             "dead_letters_total": int(metrics.get("streamcast_dead_letters_total", 0)),
         }
     finally:
-        run.exit_code = _stop(proc)
+        run.exit_code = stop_process(proc)
     text = log.read_text(errors="replace")
     run.extra["retraining_started"] = "retraining started" in text
     ended = re.search(r"retraining (promoted|rejected) .*", text)
@@ -498,7 +487,7 @@ def _run_peer(
     try:
         _watch(run, proc, bootstrap, group, case.topic, broker_pid, timeout_s)
     finally:
-        run.exit_code = _stop(proc)
+        run.exit_code = stop_process(proc)
     if run.error:
         print(f"quix peer, stride {case.stride}: {run.error}\n{_tail(log)}", file=sys.stderr)
     run.forecasts_out, run.forecast_bytes_mean = _count_output(bootstrap, out, case.forecasts)
@@ -670,7 +659,7 @@ def main() -> None:
         work = Path(tmp)
         registry = work / "registry"
         print(f"training the default model {list(ModelSpec().units)} briefly ...", flush=True)
-        _train_registry(registry, ModelSpec().units)
+        train_registry(registry, ModelSpec().units)
         proc = getattr(broker, "_proc", None)
         broker_pid = proc.pid if proc is not None else None
         bootstrap = broker.bootstrap
