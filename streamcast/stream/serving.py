@@ -103,6 +103,7 @@ class Serving:
         )
         self._loading: _Load | None = None  # the one load in flight
         self._next_check = 0.0
+        self._settle_due = False  # a version was put into service: settle the heap after
         self._rejected_version = 0  # the newest version rejected so far (0: none)
         # version -> its files' fingerprint when rejected: tried again once they change
         self._rejected: dict[int, Fingerprint] = {}
@@ -132,6 +133,12 @@ class Serving:
         """Serve the current version (or the best usable one); without one, wait for the
         trainer's (``training.online: false``) or start gathering history for version 1.
         Raises StartupError when versions exist but none is usable and this one trains."""
+        try:
+            self._start()
+        finally:
+            self._settle()
+
+    def _start(self) -> None:
         versions = self.registry.versions()
         failures = self._serve_first_usable(versions) if versions else []
         if self.served is not None:
@@ -211,6 +218,17 @@ class Serving:
         """Swap in a version whose load finished, advance the first model's bootstrap, or
         check the registry and start loading another version (or, waiting for the
         trainer's, the first). Never waits for a load."""
+        self._maintain()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Once a version was put into service and everything that goes with it is done
+        (the input resumed, readiness said): ``settle_heap``."""
+        if self._settle_due:
+            self._settle_due = False
+            logger.info("heap settled after a version change seconds=%.3f", settle_heap())
+
+    def _maintain(self) -> None:
         now = self.clock()
         if self._loading is not None:
             if not self._loading.future.done():
@@ -294,18 +312,15 @@ class Serving:
             self.store.carried.clear()  # a new model's states mean something else
         self.served = served
         self._on_loaded(served.version, served.load_seconds)
-        previous_version = None if previous is None else previous.version
         if previous is not None:
             self._on_swapped(previous.version, served.version)
-        del previous
-        settle_seconds = settle_heap()
+        self._settle_due = True
         logger.info(
-            "serving model version=%d load_seconds=%.2f device=%s previous=%s heap_settle_s=%.3f",
+            "serving model version=%d load_seconds=%.2f device=%s previous=%s",
             served.version,
             served.load_seconds,
             served.predictor.device,
-            previous_version,
-            settle_seconds,
+            previous.version if previous is not None else None,
         )
 
     def _load_in_background(self, version: int, fingerprint: Fingerprint) -> None:
@@ -437,7 +452,7 @@ def settle_heap() -> float:
     off every so often: a pause in the middle of the stream, seen as the daemon's p99
     latency. Frozen, they are not walked; new objects are collected as usual. The
     unfreeze first lets a swapped-out version's cycles be collected; this runs once per
-    version served, on the loop's thread, and returns the seconds it took.
+    version put into service, on the loop's thread, and returns the seconds it took.
     """
     started = time.perf_counter()
     gc.unfreeze()
