@@ -243,6 +243,12 @@ class InferenceSettings(_Section):
     max_batch: int = Field(256, ge=1, le=65_536)
     max_wait_ms: int = Field(50, ge=0)
     jit_compile: Literal["auto", "on", "off"] = "auto"
+    freeze_heap: bool = Field(
+        True,
+        description="once a version is put into service, collect the garbage and exempt "
+        "what is left (TensorFlow, the model) from Python's cyclic collector: no "
+        "full-collection pauses mid-stream, for one full collection per version change",
+    )
 
 
 class TrainingSettings(_Section):

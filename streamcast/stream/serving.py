@@ -224,7 +224,7 @@ class Serving:
     def _settle(self) -> None:
         """Once a version was put into service and everything that goes with it is done
         (the input resumed, readiness said): ``settle_heap``."""
-        if self._settle_due:
+        if self._settle_due and self.settings.inference.freeze_heap:
             self._settle_due = False
             logger.info("heap settled after a version change seconds=%.3f", settle_heap())
 

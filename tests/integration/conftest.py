@@ -199,6 +199,11 @@ def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
     running: list[RunningDaemon] = []
 
     def start(settings: Settings, metrics: Metrics | None = None) -> RunningDaemon:
+        # A daemon in the test process would freeze and collect the whole test run's heap
+        # at each version change (seconds, not the 0.15 s of a daemon's own); the daemons
+        # run as processes (``spawn_run``) keep the default.
+        inference = settings.inference.model_copy(update={"freeze_heap": False})
+        settings = settings.model_copy(update={"inference": inference})
         daemon = Daemon(settings, metrics=metrics or Metrics(process=False))
         codes: list[int] = []
         thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
