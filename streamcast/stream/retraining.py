@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
 _LEASE_CHECK_S = 10.0
 _GAUGES_S = 5.0  # how often a replica that is not the trainer asks for the lease
+_COUNT_S = 1.0  # how often the new examples are counted (the count flushes the replay buffer)
 
 
 def holder_name() -> str:
@@ -75,6 +76,7 @@ class Retraining:
         self._next_at = clock() + (0.0 if first_model else self.training.interval_s)
         self._lease_at = 0.0
         self._gauges_at = 0.0
+        self._count_at = 0.0
         self._workdir: Path | None = None  # where a retraining writes its outcome
 
     @property
@@ -130,7 +132,10 @@ class Retraining:
         champion = self.champion()
         if champion is None and not self.first_model:
             return False  # version 1 comes from the daemon's bootstrap
-        fresh = champion is not None and self.buffer.new_examples >= self.training.every_examples
+        fresh = False
+        if champion is not None and now >= self._count_at:
+            self._count_at = now + _COUNT_S
+            fresh = self.buffer.new_examples >= self.training.every_examples
         if now < self._next_at and not fresh:
             return False
         if not self._enough():
@@ -146,7 +151,7 @@ class Retraining:
         t, spec = self.training, self.settings.model
         span = spec.num_steps + 1 + spec.horizon
         kept = []
-        for n in self.buffer.history.lengths():
+        for n in self.buffer.lengths():
             made = max(0, n - span + 1)
             held = round(made * t.holdout_fraction)
             kept.append(n - held - span + 1 if held else n)

@@ -294,3 +294,39 @@ def test_replay_stays_within_its_budget() -> None:
     assert most <= MiB and buf.nbytes <= MiB
     assert min(buf.history.lengths()) >= 12 + 1 + 4
     assert buf.new_examples == buf.history.examples_seen > buf.examples()
+
+
+def test_replay_gathers_polls_and_holds_what_a_history_fed_poll_by_poll_holds() -> None:
+    """Polls reach the history in gathered calls; while the budget does not bind, the
+    outcome is the same as adding each poll (stale readings and a gap included). When it
+    binds, trims fall at other moments, and the budget and the span still hold."""
+    rng = np.random.default_rng(3)
+    names = [f"s{i:03d}" for i in range(300)]
+    direct = History(F, 400, max_bytes=4 * MiB, span=20)
+    buf = ReplayBuffer(F, 12, 7, max_bytes=4 * MiB, max_per_sensor=400)
+    tight = ReplayBuffer(F, 12, 7, max_bytes=MiB // 3)
+    added = 0
+    for step in range(160):
+        polled = rng.choice(names, size=150)
+        ts = 60.0 * step + np.where(rng.random(150) < 0.05, -120.0, 0.0)  # a few stale ones
+        ts[polled == "s007"] += 3_600.0 * (step >= 80)  # one sensor's gap
+        readings = Readings(list(polled), ts, rng.normal(size=(150, F)).astype(np.float32))
+        direct.add(readings)
+        buf.add(readings)
+        tight.add(readings)
+        added += 150
+    assert buf.history.num_readings < direct.num_readings  # part is still gathered
+    assert buf.new_examples == direct.examples_seen
+    # The same runs; only the order of the sensors (least recently updated first) may
+    # differ, at the grain of one gathered call.
+    gathered, fed = buf.drain(), direct.segments()
+    assert sorted(len(r.ts) for r in gathered) == sorted(len(r.ts) for r in fed)
+    by_key = {(r.sensor, r.ts[0]): r for r in fed}
+    assert len(by_key) == len(fed) == len(gathered)
+    for run in gathered:
+        twin = by_key[(run.sensor, run.ts[0])]
+        np.testing.assert_array_equal(run.ts, twin.ts)
+        np.testing.assert_array_equal(run.values, twin.values)
+    assert added > 20_000  # (ring capacities, and so nbytes, grow in other steps)
+    assert tight.nbytes <= MiB // 3 and tight.history.trims > 0
+    assert min(tight.lengths()) >= 1 and len(tight.history) == 300
