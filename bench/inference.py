@@ -3,7 +3,10 @@
 The three run side by side in one process, repetitions interleaved so that a noisy
 neighbour or a CPU frequency change hits them alike; each figure is the median of
 the repetitions. Every method gets the whole batch at once (``predict`` is given
-``batch_size=n``, its most favourable setting).
+``batch_size=n``, its most favourable setting). A second table sets carry mode's
+graphs side by side, for the default model at a full batch: a window seeded from its
+truth (96 LSTM steps) against one continuing a carried state through the readings since
+the sensor's last window (1 step at stride 1, 96 at stride 96).
 
     python bench/inference.py [--json-only] [--quick]
 """
@@ -101,6 +104,42 @@ def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[
     return rows
 
 
+def measure_carry(reps: int, min_seconds: float, n: int = 256) -> list[dict[str, Any]]:
+    """Carry mode, default model: seeded windows vs carried ones at strides 1 and 96."""
+    cfg = ModelSpec(seeding="carry")
+    model = build_forecaster(cfg)
+    rng = np.random.default_rng(0)
+    window = rng.standard_normal((n, cfg.num_steps, cfg.num_features)).astype(np.float32)
+    truth = rng.standard_normal((n, cfg.num_features)).astype(np.float32)
+    carry = rng.standard_normal((n, cfg.state_width)).astype(np.float32)
+    by_stride = {s: Predictor(model, cfg, max_batch=n, carried_steps=s) for s in (1, 96)}
+    runners: dict[str, Callable[[], object]] = {
+        "seeded": partial(by_stride[1].predict, window, truth),
+        **{
+            f"carried_stride_{s}": partial(p.predict, window, truth, carry)
+            for s, p in by_stride.items()
+        },
+    }
+    for fn in runners.values():
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, fn in runners.items():
+            samples[name].append(rate(fn, n, min_seconds))
+    seeded = statistics.median(samples["seeded"])
+    return [
+        {
+            "graph": name,
+            "units": list(cfg.units),
+            "batch": n,
+            "wps": round(statistics.median(values), 1),
+            "vs_seeded": round(statistics.median(values) / seeded, 2),
+        }
+        for name, values in samples.items()
+    ]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'units':<10} {'batch':>5} {'predict':>10} {'on_batch':>10} {'Predictor':>10} "
@@ -127,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for units in STACKS:
         rows.extend(measure(units, reps, min_seconds))
+    carry = measure_carry(reps, min_seconds)
     probe = Predictor(build_forecaster(ModelSpec(units=(8,))), ModelSpec(units=(8,)), 1)
     summary = {
         "backend": keras.backend.backend(),
@@ -140,10 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         "repetitions": reps,
         "statistic": "median windows/s",
         "results": rows,
+        "carry": carry,
     }
     if not args.json_only:
         print(f"windows/s, median of {reps} interleaved repetitions, device={probe.device}")
         print(table(rows))
+        print()
+        print("carry mode, units 16x16, batch 256: windows/s and the ratio to seeded windows")
+        for r in carry:
+            print(f"{r['graph']:<18} {r['wps']:>10.0f} {r['vs_seeded']:>6.2f}")
         print()
     print(json.dumps(summary, indent=None if args.json_only else 2))
     return 0

@@ -22,8 +22,8 @@ Every data set is cut in time at ``--train-fraction`` (0.75) of its readings. Th
 models train on the part before the cut (``streamcast.learn.fit.train``: its own
 chronological 80/20 split for early stopping, patience 8, ``threads`` 1, ``max_seconds``
 the budget); ``streamcast.stream.backtest.run_backtest`` then scores every forecast
-issued at or after the cut, at stride 1 (``carry``: 96, the only stride it serves at),
-with the readings before it as context, in the
+issued at or after the cut, at ``--stride`` (1; carry continues each sensor's states
+one reading at a time there), with the readings before it as context, in the
 data's units, against persistence and seasonal naive (period ``min(horizon, 96)``).
 The window is 96 steps and the model the project default (units 16, 16; dropout 0.2).
 
@@ -678,9 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if not args.train_only:
                         registry = root / name / f"{mode}-seed{seed}"
                         save(model, cfg, meta, registry)
-                        # Carry mode serves only at a stride of the window's length.
-                        stride = cfg.num_steps if mode == "carry" else args.stride
-                        report, secs = backtest(data, registry, cut, stride)
+                        report, secs = backtest(data, registry, cut, args.stride)
                         run["backtest"] = report
                         run["backtest_seconds"] = round(secs, 1)
                         line += (

@@ -373,18 +373,17 @@ class Settings(BaseModel):
         return {**data, "model": {**model, "num_steps": steps}}
 
     @model_validator(mode="after")
-    def _carry_needs_whole_windows(self) -> Settings:
-        """Carry mode starts each window from the states the sensor's previous window
-        ended with. That is right only if the window starts where the previous one
-        ended: with a shorter stride the readings they share would count twice, with a
-        longer one the readings between them would never reach the states."""
+    def _carry_needs_overlapping_windows(self) -> Settings:
+        """Carry mode steps a sensor's states through the readings since its previous
+        window, which the window must still hold: with a stride longer than the window,
+        the readings between two windows would never reach the states."""
         steps, stride = self.window.num_steps, self.window.stride
-        if self.model.seeding == "carry" and stride != steps:
+        if self.model.seeding == "carry" and stride > steps:
             raise ValueError(
-                f"model.seeding 'carry' needs window.stride equal to window.num_steps "
-                f"({steps}), but window.stride is {stride}: each window must start where "
-                "the sensor's previous one ended. Set window.stride to "
-                f"{steps}, or model.seeding to 'truth' or 'zeros'"
+                f"model.seeding 'carry' needs window.stride at most window.num_steps "
+                f"({steps}), but window.stride is {stride}: the readings between two "
+                "windows would never reach the carried states. Set window.stride to at "
+                f"most {steps}, or model.seeding to 'truth' or 'zeros'"
             )
         return self
 

@@ -12,7 +12,7 @@ from streamcast.model.graph import (
     build_stepper,
     seed_states,
 )
-from streamcast.model.layers import CarrySelect, Denormalize, Standardize, WindowNormalization
+from streamcast.model.layers import CarrySlice, Denormalize, Standardize, WindowNormalization
 from streamcast.model.states import (
     assign_states,
     flatten_states,
@@ -23,7 +23,7 @@ from streamcast.model.states import (
 )
 
 __all__ = [
-    "CarrySelect",
+    "CarrySlice",
     "Denormalize",
     "Standardize",
     "StateShapeError",

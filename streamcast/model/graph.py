@@ -15,7 +15,13 @@ import numpy as np
 from streamcast.config import ModelSpec
 from streamcast.learn.calendar import CALENDAR_WIDTH
 from streamcast.model.calendar import CalendarFeatures
-from streamcast.model.layers import CarrySelect, Denormalize, Standardize, WindowNormalization
+from streamcast.model.layers import (
+    CarrySlice,
+    Denormalize,
+    LastSteps,
+    Standardize,
+    WindowNormalization,
+)
 from streamcast.model.runtime import keras
 from streamcast.model.states import StatePair, lstm_layers
 
@@ -148,10 +154,15 @@ def _run(
     std: Any,
     initial: list[list[Any]] | None,
     calendar: Any = None,
+    steps: Any = None,
 ) -> tuple[Any, list[StatePair]]:
     """LSTM stack plus direct head; the skip over the window carries seasonal structure,
-    the calendar effect (if the model has one) what the window cannot show."""
-    x = z
+    the calendar effect (if the model has one) what the window cannot show.
+
+    ``steps``: a layer that picks the steps the LSTMs run (a carried state's new
+    readings); the whole window by default. The head always sees the whole window.
+    """
+    x = z if steps is None else steps(z)
     finals: list[StatePair] = []
     for k, lstm in enumerate(stack.lstms):
         if initial is None:
@@ -189,7 +200,7 @@ def build_forecaster(cfg: ModelSpec) -> keras.Model:
     """The trainable model: ``{"window", "truth"}`` in, (batch, horizon, features) out.
 
     In carry mode the seeder is trained as the cold-start seed; carried states only
-    replace it at inference (``build_stepper``).
+    replace it at inference (``build_stepper`` with ``carried_steps``).
     """
     window, truth = _inputs(cfg)
     extra = _calendar_input(cfg)
@@ -203,11 +214,18 @@ def build_forecaster(cfg: ModelSpec) -> keras.Model:
     return keras.Model(inputs, forecast, name="forecaster")
 
 
-def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
+def build_stepper(
+    model: keras.Model, cfg: ModelSpec, *, carried_steps: int | None = None
+) -> keras.Model:
     """The inference graph over the trained model's own layers (weights shared, not copied).
 
-    Inputs ``window``, ``truth`` and, in carry mode, ``carry`` (batch, state_width) and
-    ``has_carry`` (batch,) bool; outputs ``forecast`` and the flattened final ``states``.
+    Without ``carried_steps``: inputs ``window`` and ``truth``; each layer starts from
+    the seeder's states for the truth (zeros in zeros mode) and runs the whole window.
+    With ``carried_steps`` (carry mode): inputs ``window`` and ``carry`` (batch,
+    state_width); each layer starts from its carried state and runs only the window's
+    last ``carried_steps`` readings, the ones the state has not seen; the window still
+    sets the normalisation and feeds the head. Both also take ``calendar`` if the model
+    has it, and output ``forecast`` and the flattened final ``states``.
     """
     stack = _stack_of(model)
     if len(stack.lstms) != len(cfg.units) or any(
@@ -220,36 +238,48 @@ def build_stepper(model: keras.Model, cfg: ModelSpec) -> keras.Model:
     _check_calendar(stack, cfg)
     window, truth = _inputs(cfg)
     extra = _calendar_input(cfg)
-    inputs: dict[str, Any] = {"window": window, "truth": truth, **extra}
     z, mean, std = stack.norm(window)
     initial = None
-    if cfg.seeding != "zeros":
-        if not stack.seeders:
-            raise ValueError(
-                f"seed mode {cfg.seeding!r} needs a seeder; this model was built without"
-            )
-        initial = _seed(stack, stack.truth_norm([truth, mean, std]))
-        if cfg.seeding == "carry":
-            carry = keras.Input((cfg.state_width,), name="carry")
-            has_carry = keras.Input((), dtype="bool", name="has_carry")
-            inputs |= {"carry": carry, "has_carry": has_carry}
-            offset = 0
-            for k, u in enumerate(cfg.units):
-                for i, s in enumerate("hc"):
-                    sel = CarrySelect(offset, u, name=f"carry_{s}_{k}")
-                    initial[k][i] = sel([carry, has_carry, initial[k][i]])
-                    offset += u
-    forecast, finals = _run(stack, z, mean, std, initial, extra.get("calendar"))
+    steps = None
+    if carried_steps is not None:
+        if cfg.seeding != "carry":
+            raise ValueError(f"carried states need seeding 'carry', not {cfg.seeding!r}")
+        if not 1 <= carried_steps <= cfg.num_steps:
+            raise ValueError(f"carried_steps {carried_steps} must be in 1..{cfg.num_steps}")
+        carry = keras.Input((cfg.state_width,), name="carry")
+        inputs: dict[str, Any] = {"window": window, "carry": carry, **extra}
+        initial, offset = [], 0
+        for k, u in enumerate(cfg.units):
+            pair = []
+            for s in "hc":
+                pair.append(CarrySlice(offset, u, name=f"carry_{s}_{k}")(carry))
+                offset += u
+            initial.append(pair)
+        steps = LastSteps(carried_steps, name="carried_steps")
+    else:
+        inputs = {"window": window, "truth": truth, **extra}
+        if cfg.seeding != "zeros":
+            if not stack.seeders:
+                raise ValueError(
+                    f"seed mode {cfg.seeding!r} needs a seeder; this model was built without"
+                )
+            initial = _seed(stack, stack.truth_norm([truth, mean, std]))
+    forecast, finals = _run(stack, z, mean, std, initial, extra.get("calendar"), steps)
     states = keras.layers.Concatenate(name="states")([t for pair in finals for t in pair])
-    return keras.Model(inputs, {"forecast": forecast, "states": states}, name="stepper")
+    name = "stepper" if carried_steps is None else "carried_stepper"
+    return keras.Model(inputs, {"forecast": forecast, "states": states}, name=name)
 
 
-def build_stateful_twin(model: keras.Model, cfg: ModelSpec, batch_size: int) -> keras.Model:
+def build_stateful_twin(
+    model: keras.Model, cfg: ModelSpec, batch_size: int, *, steps: int | None = None
+) -> keras.Model:
     """The textbook mechanism with a copy of the same weights: ``stateful=True`` LSTMs.
 
     Takes only ``window`` (and ``calendar``, if the model has it); each layer starts from
     whatever ``assign_states`` put in its state variables and keeps its final state,
-    so consecutive calls continue the sequence.
+    so consecutive calls continue the sequence. With ``steps`` the LSTMs run only the
+    window's last ``steps`` readings (the normalisation and the head see all of it):
+    a window that moved on by ``steps`` readings continues where the last one ended.
     """
     window = keras.Input(batch_shape=(batch_size, cfg.num_steps, cfg.num_features), name="window")
     stack = _fresh_stack(cfg, seeded=False, stateful=True)
@@ -257,7 +287,8 @@ def build_stateful_twin(model: keras.Model, cfg: ModelSpec, batch_size: int) -> 
     calendar = None
     if cfg.calendar:
         calendar = keras.Input(batch_shape=(batch_size, CALENDAR_WIDTH), name="calendar")
-    forecast, _ = _run(stack, z, mean, std, None, calendar)
+    last = None if steps is None else LastSteps(steps, name="carried_steps")
+    forecast, _ = _run(stack, z, mean, std, None, calendar, last)
     inputs = window if calendar is None else {"window": window, "calendar": calendar}
     twin = keras.Model(inputs, forecast, name="stateful_twin")
     for layer in twin.layers:

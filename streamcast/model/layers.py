@@ -1,4 +1,4 @@
-"""Custom layers of the forecaster: per-window normalisation and the carried-state select.
+"""Custom layers of the forecaster: per-window normalisation and carry mode's state slices.
 
 Registered as Keras serialisables, so a saved model loads with ``safe_mode=True``
 and no pickled code.
@@ -121,22 +121,34 @@ class Denormalize(keras.layers.Layer):  # type: ignore[misc]
 
 
 @keras.saving.register_keras_serializable(package="streamcast")
-class CarrySelect(keras.layers.Layer):  # type: ignore[misc]
-    """Per row, the sensor's carried state where it has one and the seeder's otherwise.
-
-    A row-wise select keeps one compiled graph for a batch that mixes warm sensors
-    with ones seen for the first time (or whose state was lost on a rebalance).
-    """
+class CarrySlice(keras.layers.Layer):  # type: ignore[misc]
+    """One layer's h or c out of the flat carried states ``[h_0, c_0, h_1, c_1, ...]``."""
 
     def __init__(self, offset: int, units: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.offset = int(offset)
         self.units = int(units)
 
-    def call(self, inputs: Sequence[Any]) -> Any:
-        carry, has_carry, seeded = inputs
-        carried = carry[:, self.offset : self.offset + self.units]
-        return ops.where(ops.expand_dims(has_carry, -1), carried, seeded)
+    def call(self, carry: Any) -> Any:
+        return carry[:, self.offset : self.offset + self.units]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "offset": self.offset, "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="streamcast")
+class LastSteps(keras.layers.Layer):  # type: ignore[misc]
+    """The last ``steps`` steps of a sequence: the readings a carried state has not seen."""
+
+    def __init__(self, steps: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.steps = int(steps)
+
+    def call(self, sequence: Any) -> Any:
+        return sequence[:, -self.steps :, :]
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (input_shape[0], self.steps, *input_shape[2:])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "steps": self.steps}

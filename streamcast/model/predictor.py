@@ -25,7 +25,8 @@ from streamcast.model.runtime import DEVICE, keras
 logger = logging.getLogger(__name__)
 
 JitMode = Literal["auto", "on", "off"]
-_INPUTS = ("window", "truth", "carry", "has_carry", "calendar")
+#: The two graphs of carry mode: seeded from the truth, or continuing carried states.
+Kind = Literal["seeded", "carried"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Predictor:
         cfg: ModelSpec,
         max_batch: int = 256,
         jit_compile: JitMode = "auto",
+        carried_steps: int | None = None,
     ) -> None:
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
@@ -80,60 +82,62 @@ class Predictor:
         # kernel is faster and XLA would rule it out.
         self.jit = jit_compile == "on" or (jit_compile == "auto" and self.device.startswith("CPU"))
         self.trace_count = 0
-        self._stepper = build_stepper(model, cfg)
         self._carry = cfg.seeding == "carry"
         self._calendar = cfg.calendar
-        # The stepper's inputs, in the order each compiled function takes them.
-        self._names = [
-            name
-            for name in _INPUTS
-            if name in ("window", "truth")
-            or (self._carry and name in ("carry", "has_carry"))
-            or (self._calendar and name == "calendar")
-        ]
-        self._fns: dict[int, Callable[..., Any]] = {}
-        self._pads: dict[int, dict[str, np.ndarray]] = {}
+        # Carry mode: a carried state advances by the readings since it was taken
+        # (window.stride), one LSTM step each; rows without one are seeded.
+        self.carried_steps = (carried_steps or cfg.num_steps) if self._carry else None
+        self._steppers: dict[Kind, keras.Model] = {"seeded": build_stepper(model, cfg)}
+        if self.carried_steps is not None:
+            self._steppers["carried"] = build_stepper(model, cfg, carried_steps=self.carried_steps)
+        # Each graph's inputs, in the order its compiled functions take them.
+        self._names: dict[Kind, list[str]] = {
+            kind: ["window", "truth" if kind == "seeded" else "carry"]
+            + (["calendar"] if self._calendar else [])
+            for kind in self._steppers
+        }
+        self._fns: dict[tuple[Kind, int], Callable[..., Any]] = {}
+        self._pads: dict[tuple[Kind, int], dict[str, np.ndarray]] = {}
         logger.debug("predictor device=%s jit=%s buckets=%s", self.device, self.jit, self.buckets)
 
-    def _compile(self, batch: int) -> Callable[..., Any]:
-        """Trace one bucket into a concrete function.
+    def _compile(self, kind: Kind, batch: int) -> Callable[..., Any]:
+        """Trace one graph at one bucket into a concrete function.
 
         Calling the concrete function skips ``tf.function``'s per-call signature
         matching (about 0.2 ms, a quarter of a batch of 10) and can never retrace.
         """
         tf = self._tf
-        spec = [
-            tf.TensorSpec((batch, self.cfg.num_steps, self.cfg.num_features), tf.float32, "window"),
-            tf.TensorSpec((batch, self.cfg.num_features), tf.float32, "truth"),
-        ]
-        if self._carry:
-            spec += [
-                tf.TensorSpec((batch, self.width), tf.float32, "carry"),
-                tf.TensorSpec((batch,), tf.bool, "has_carry"),
-            ]
-        if self._calendar:
-            spec.append(tf.TensorSpec((batch, CALENDAR_WIDTH), tf.float32, "calendar"))
-        names = self._names
+        shapes = {
+            "window": (batch, self.cfg.num_steps, self.cfg.num_features),
+            "truth": (batch, self.cfg.num_features),
+            "carry": (batch, self.width),
+            "calendar": (batch, CALENDAR_WIDTH),
+        }
+        names = self._names[kind]
+        spec = [tf.TensorSpec(shapes[n], tf.float32, n) for n in names]
+        stepper = self._steppers[kind]
 
         def step(*args: Any) -> tuple[Any, Any]:
             self.trace_count += 1  # runs only while tracing
             with tf.device(self.device):
-                out = self._stepper(dict(zip(names, args, strict=True)), training=False)
+                out = stepper(dict(zip(names, args, strict=True)), training=False)
             return out["forecast"], out["states"]
 
         fn = tf.function(step, input_signature=spec, jit_compile=self.jit)
         return fn.get_concrete_function()  # type: ignore[no-any-return]
 
     def warmup(self) -> None:
-        """Trace and compile every bucket now, before the first real batch is waiting."""
-        for b in self.buckets:
-            self._call(
-                np.zeros((b, self.cfg.num_steps, self.cfg.num_features), np.float32),
-                np.zeros((b, self.cfg.num_features), np.float32),
-                np.zeros((b, self.width), np.float32),
-                np.zeros((b,), bool),
-                np.zeros((b, CALENDAR_WIDTH), np.float32),
-            )
+        """Trace and compile every graph and bucket now, before the first real batch waits."""
+        t, f = self.cfg.num_steps, self.cfg.num_features
+        for kind in self._steppers:
+            for b in self.buckets:
+                zeros = {
+                    "window": np.zeros((b, t, f), np.float32),
+                    "truth": np.zeros((b, f), np.float32),
+                    "carry": np.zeros((b, self.width), np.float32),
+                    "calendar": np.zeros((b, CALENDAR_WIDTH), np.float32),
+                }
+                self._call(kind, zeros)
 
     def predict(
         self,
@@ -146,6 +150,8 @@ class Predictor:
         """Forecast ``n`` windows; ``carry`` rows are used only in carry mode and only where
         ``has_carry`` (default: all rows when ``carry`` is given) - the others are seeded.
 
+        A carried row's state must be the one its sensor's window ended with
+        ``carried_steps`` readings before this one: only those readings are stepped.
         ``calendar`` (n, 3), from ``streamcast.learn.calendar.calendar_inputs``, is required
         by a model with calendar inputs (``model.calendar``) and ignored by the others.
         """
@@ -166,16 +172,29 @@ class Predictor:
                 raise ValueError(f"calendar must be ({n}, {CALENDAR_WIDTH}), got {calendar.shape}")
         else:
             calendar = np.zeros((n, CALENDAR_WIDTH), np.float32)
+        given = {"window": window, "truth": truth, "carry": carry, "calendar": calendar}
+        if not self._carry or not has_carry.any():
+            return self._run("seeded", given)
+        if has_carry.all():
+            return self._run("carried", given)
+        forecast = np.empty((n, self.cfg.horizon, f), np.float32)
+        states = np.empty((n, self.width), np.float32)
+        parts: tuple[tuple[Kind, np.ndarray], ...] = (
+            ("seeded", ~has_carry),
+            ("carried", has_carry),
+        )
+        for kind, rows in parts:
+            part = self._run(kind, {name: a[rows] for name, a in given.items()})
+            forecast[rows], states[rows] = part.forecast, part.states
+        return Prediction(forecast, states)
+
+    def _run(self, kind: Kind, given: dict[str, np.ndarray]) -> Prediction:
+        """All rows through one graph, ``max_batch`` at a time."""
+        n = len(given["window"])
         forecasts, states = [], []
         for start in range(0, n, self.max_batch):
             stop = min(start + self.max_batch, n)
-            fc, st = self._call(
-                window[start:stop],
-                truth[start:stop],
-                carry[start:stop],
-                has_carry[start:stop],
-                calendar[start:stop],
-            )
+            fc, st = self._call(kind, {name: a[start:stop] for name, a in given.items()})
             forecasts.append(fc)
             states.append(st)
         if len(forecasts) == 1:
@@ -205,34 +224,16 @@ class Predictor:
             raise ValueError(f"has_carry must be ({n},), got {has_carry.shape}")
         return carry, has_carry
 
-    def _call(
-        self,
-        window: np.ndarray,
-        truth: np.ndarray,
-        carry: np.ndarray,
-        has_carry: np.ndarray,
-        calendar: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        m = window.shape[0]
+    def _call(self, kind: Kind, given: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        names = self._names[kind]
+        m = given["window"].shape[0]
         bucket = next(b for b in self.buckets if b >= m)
-        given = {
-            "window": window,
-            "truth": truth,
-            "carry": carry,
-            "has_carry": has_carry,
-            "calendar": calendar,
-        }
-        names = self._names
-        args = [given[n] for n in names]
+        args = [given[name] for name in names]
         if m < bucket:
-            pads = self._pads.get(bucket)
+            pads = self._pads.get((kind, bucket))
             if pads is None:
-                pads = self._pads[bucket] = {
-                    "window": np.zeros((bucket, *window.shape[1:]), np.float32),
-                    "truth": np.zeros((bucket, *truth.shape[1:]), np.float32),
-                    "carry": np.zeros((bucket, self.width), np.float32),
-                    "has_carry": np.zeros((bucket,), bool),
-                    "calendar": np.zeros((bucket, CALENDAR_WIDTH), np.float32),
+                pads = self._pads[(kind, bucket)] = {
+                    name: np.zeros((bucket, *given[name].shape[1:]), np.float32) for name in names
                 }
             padded = []
             for name, arr in zip(names, args, strict=True):
@@ -240,8 +241,8 @@ class Predictor:
                 buf[:m] = arr  # rows past m keep stale values: rows never mix, they are cut off
                 padded.append(buf)
             args = padded
-        fn = self._fns.get(bucket)
+        fn = self._fns.get((kind, bucket))
         if fn is None:
-            fn = self._fns[bucket] = self._compile(bucket)
+            fn = self._fns[(kind, bucket)] = self._compile(kind, bucket)
         forecast, states = fn(*args)
         return forecast.numpy()[:m], states.numpy()[:m]

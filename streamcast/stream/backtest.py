@@ -223,11 +223,11 @@ def run_backtest(
     period = min(spec.horizon, spec.num_steps) if season is None else season
     if not 1 <= period <= spec.num_steps:
         raise ValueError(f"season {period} must be between 1 and the window's {spec.num_steps}")
-    if spec.seeding == "carry" and stride != spec.num_steps:
+    if spec.seeding == "carry" and stride > spec.num_steps:
         raise ValueError(
             f"model version {loaded.version} carries states from window to window (seeding "
-            f"'carry'), which needs a stride of the window's {spec.num_steps} readings; "
-            f"the stride is {stride}"
+            f"'carry'), which needs a stride of at most the window's {spec.num_steps} "
+            f"readings; the stride is {stride}"
         )
     names = tuple(feature_names or [f"v{i + 1}" for i in range(spec.num_features)])
     history = _History(data, spec.num_features)

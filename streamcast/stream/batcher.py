@@ -25,6 +25,7 @@ class Ready:
     truths: np.ndarray  # (n, F)
     slots: np.ndarray
     generations: np.ndarray
+    counts: np.ndarray  # readings since the window (re)started (carry mode's step count)
     step_s: np.ndarray
     ts: np.ndarray  # ts of the last reading in each window
     log_ts: np.ndarray  # when that reading was appended to the log (s)
@@ -42,6 +43,7 @@ class Ready:
             truths=appended.truths,
             slots=appended.slots,
             generations=appended.generations,
+            counts=appended.counts,
             step_s=appended.step_s,
             ts=readings.ts[idx],
             log_ts=readings.log_ts[idx],

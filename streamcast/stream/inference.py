@@ -58,6 +58,7 @@ class BatchInference:
         self.spec = settings.model
         self.settings = settings.inference
         self.input_topic = settings.kafka.input_topic
+        self.stride = settings.window.stride
         self.store = store
 
     def prepare(self, loaded: LoadedModel, started: float, *, warm: bool = True) -> Served:
@@ -85,6 +86,7 @@ class BatchInference:
             stored,
             max_batch=self.settings.max_batch,
             jit_compile=self.settings.jit_compile,
+            carried_steps=self.stride if stored.seeding == "carry" else None,
         )
         if warm:
             predictor.warmup()
@@ -154,7 +156,8 @@ class BatchInference:
         return DeadLetter.of(record, reason, detail)
 
     def _infer_carried(self, predictor: Predictor, batch: Ready) -> np.ndarray:
-        """Carry mode: each window starts from its sensor's states after the previous one.
+        """Carry mode: each window continues its sensor's states after the previous one,
+        stepping only the ``stride`` readings since (a window with no such state is seeded).
 
         A batch may hold several windows of one sensor (a burst, a catch-up); the
         k-th of them runs in round k, after round k-1 stored the states it needs.
@@ -169,11 +172,12 @@ class BatchInference:
         for r in range(int(rank.max()) + 1 if len(rank) else 0):
             rows = np.flatnonzero(rank == r)
             slots, generations = batch.slots[rows], batch.generations[rows]
-            carry, has_carry = self.store.carried.get(slots, generations)
+            counts = batch.counts[rows]
+            carry, has_carry = self.store.carried.get(slots, generations, counts, self.stride)
             calendar = calendar_inputs(batch.ts[rows], batch.step_s[rows])
             prediction = predictor.predict(
                 batch.windows[rows], batch.truths[rows], carry, has_carry, calendar
             )
-            self.store.carried.put(slots, generations, prediction.states)
+            self.store.carried.put(slots, generations, counts, prediction.states)
             forecast[rows] = prediction.forecast
         return forecast

@@ -41,6 +41,7 @@ class Appended:
     truths: npt.NDArray[np.float32]
     slots: IntArray
     generations: IntArray
+    counts: IntArray  # readings in the slot since its window (re)started, this one included
     step_s: npt.NDArray[np.float64]
     restarts: int = 0
     evicted: int = 0
@@ -245,6 +246,7 @@ class WindowStore:
         ready_parts: list[IntArray] = []
         slot_parts: list[IntArray] = []
         gen_parts: list[IntArray] = []
+        count_parts: list[IntArray] = []
         step_parts: list[npt.NDArray[np.float64]] = []
         window_parts: list[npt.NDArray[np.float32]] = []
         truth_parts: list[npt.NDArray[np.float32]] = []
@@ -295,6 +297,7 @@ class WindowStore:
                     ready_parts.append(idx[done])
                     slot_parts.append(sr)
                     gen_parts.append(self._generation[sr])
+                    count_parts.append(new_cnt[done])
                     step_parts.append(new_step[done])
                     # Gather now: a later round of this batch may overwrite the ring.
                     window, truth = self._gather(sr, pos[done])
@@ -315,6 +318,7 @@ class WindowStore:
             out.reasons = ["duplicate" if d else "out_of_order" for d in dup[o].tolist()]
         if len(ready_parts) == 1:  # one round: already in arrival order, no copies
             out.ready, out.slots, out.generations = ready_parts[0], slot_parts[0], gen_parts[0]
+            out.counts = count_parts[0]
             out.step_s, out.windows, out.truths = step_parts[0], window_parts[0], truth_parts[0]
         elif ready_parts:
             # Gathered round by round; readers want arrival order.
@@ -323,6 +327,7 @@ class WindowStore:
             out.ready = ready[o]
             out.slots = np.concatenate(slot_parts)[o]
             out.generations = np.concatenate(gen_parts)[o]
+            out.counts = np.concatenate(count_parts)[o]
             out.step_s = np.concatenate(step_parts)[o]
             out.windows = np.concatenate(window_parts)[o]
             out.truths = np.concatenate(truth_parts)[o]
@@ -360,6 +365,7 @@ class WindowStore:
             truths=np.empty((0, f), np.float32),
             slots=np.empty(0, np.int64),
             generations=np.empty(0, np.int64),
+            counts=np.empty(0, np.int64),
             step_s=np.empty(0, np.float64),
         )
 
@@ -390,6 +396,7 @@ def _concat(a: Appended, b: Appended, shift: int) -> Appended:
         truths=np.concatenate([a.truths, b.truths]),
         slots=np.concatenate([a.slots, b.slots]),
         generations=np.concatenate([a.generations, b.generations]),
+        counts=np.concatenate([a.counts, b.counts]),
         step_s=np.concatenate([a.step_s, b.step_s]),
         restarts=a.restarts + b.restarts,
         evicted=a.evicted + b.evicted,

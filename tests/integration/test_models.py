@@ -179,26 +179,29 @@ def carry_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_registry(tmp_path_factory.mktemp("registry-carry"), spec)
 
 
+@pytest.mark.parametrize("stride", [1, 96])
 def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
     broker: EmbeddedBroker,
     topics: Topics,
     carry_registry: Path,
     start_daemon,
     model_calls: list[ModelCall],
+    stride: int,
 ) -> None:
-    """A sensor's first window is seeded from its truth, each later one from the final
-    states of the one before, and every forecast is the model's own for that seed.
+    """A sensor's first window is seeded from its truth, each later one continues the
+    final states of the one before through the ``stride`` readings since, and every
+    forecast is the model's own for that seed.
 
     The model is as trained and forgets its initial states within the 96 steps, so the
     forecast cannot show what seeded it: the carry is read where the daemon hands it to the
     model (``model_calls``), compared exactly with the states the model returned for the
     previous window, and shown to differ from the truth seed it replaced.
     """
-    steps = 97 + 96 * 2
+    steps = 97 + stride * 2
     readings = fleet_readings(1, steps, seed=12)
     produce_readings(broker, topics.readings, readings)
     settings = settings_for(
-        broker, topics, carry_registry, model={"seeding": "carry"}, window={"stride": 96}
+        broker, topics, carry_registry, model={"seeding": "carry"}, window={"stride": stride}
     )
     running = start_daemon(settings)
     records = consume(broker, topics.forecasts, until=lambda r: len(r) >= 3)
@@ -208,14 +211,16 @@ def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
     assert [d["seed"] for d in docs] == ["carry"] * 3
 
     loaded = ModelRegistry(carry_registry).load()
-    predictor = Predictor(loaded.model, loaded.cfg, max_batch=4, jit_compile="off")
+    predictor = Predictor(
+        loaded.model, loaded.cfg, max_batch=4, jit_compile="off", carried_steps=stride
+    )
     values = np.stack([v for _, _, v in readings]).astype(np.float32)
     all_ts = [ts for _, ts, _ in readings]
     carry = np.zeros((1, loaded.cfg.state_width), np.float32)
     has = np.array([False])
     daemon_states: np.ndarray | None = None  # what the daemon's model returned last
     for k, doc in enumerate(docs):
-        end = 96 + 96 * k  # index of the reading that completed this window
+        end = 96 + stride * k  # index of the reading that completed this window
         assert doc["ts"] == all_ts[end]
         window = values[end - 95 : end + 1]
         truth = values[end - 96]

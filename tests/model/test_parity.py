@@ -142,26 +142,54 @@ def test_lstm_gate_order_by_hand() -> None:
     np.testing.assert_allclose(out.states, [[h3, h3, 0.6625, 0.6625]], rtol=0, atol=1e-6)
 
 
-def test_carry_continues_like_the_stateful_twin(rng: np.random.Generator) -> None:
-    """Stride = num_steps: the second window starts where the first ended."""
-    cfg = make_cfg((8, 16), "carry")
+@pytest.mark.parametrize(
+    ("num_steps", "stride"),
+    [(NUM_STEPS, 1), (NUM_STEPS, 5), (NUM_STEPS, NUM_STEPS), (96, 1), (96, 96)],
+)
+def test_carry_continues_like_the_stateful_twin(
+    rng: np.random.Generator, num_steps: int, stride: int
+) -> None:
+    """Each window moves on by ``stride`` readings and its states continue from the last
+    window's, stepping only the new readings: what a ``stateful=True`` twin does when it
+    runs those readings from the states the previous call left (``assign_states`` hands
+    the seeded first window's states from a whole-window twin to the stepping one)."""
+    cfg = make_cfg((8, 16), "carry").model_copy(update={"num_steps": num_steps})
     model = build_forecaster(cfg)
-    n = 4
-    series = seasonal(n, 2 * NUM_STEPS + 1, rng)
-    w1, t1 = split(series, 0)
-    w2, t2 = split(series, NUM_STEPS)
-    predictor = Predictor(model, cfg, max_batch=4)
+    n, windows = 4, 6
+    series = seasonal(n, num_steps + 1 + (windows - 1) * stride, rng)
 
-    first = predictor.predict(w1, t1)
-    second = predictor.predict(w2, t2, carry=first.states)
-    cold = predictor.predict(w2, t2)
+    def split_at(start: int) -> tuple[np.ndarray, np.ndarray]:
+        return series[:, start + 1 : start + 1 + num_steps], series[:, start]
 
-    twin = build_stateful_twin(model, cfg, n)
-    assign_states(twin, seed_states(model, w1, t1))
-    np.testing.assert_allclose(first.forecast, twin(w1, training=False), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(second.forecast, twin(w2, training=False), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(second.states, flatten_states(read_states(twin)), atol=ATOL)
-    assert np.abs(second.forecast - cold.forecast).max() > 1e-3
+    predictor = Predictor(model, cfg, max_batch=4, carried_steps=stride)
+    assert predictor.carried_steps == stride
+    carried_graph = predictor._steppers["carried"]
+    assert tuple(carried_graph.get_layer("carried_steps").output.shape) == (None, stride, 2)
+
+    whole = build_stateful_twin(model, cfg, n)
+    stepping = build_stateful_twin(model, cfg, n, steps=stride)
+    w, t = split_at(0)
+    assign_states(whole, seed_states(model, w, t))
+    out = predictor.predict(w, t)
+    np.testing.assert_allclose(out.forecast, whole(w, training=False), rtol=0, atol=ATOL)
+    assign_states(stepping, read_states(whole))
+    for j in range(1, windows):
+        w, t = split_at(j * stride)
+        previous = out.states
+        out = predictor.predict(w, t, carry=previous)
+        np.testing.assert_allclose(out.forecast, stepping(w, training=False), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(out.states, flatten_states(read_states(stepping)), atol=ATOL)
+    # Seeded afresh, the last window ends elsewhere (an untrained model forgets a state
+    # within 96 steps: there, one window's worth of steps from it says nothing).
+    cold = predictor.predict(w, t)
+    if stride < 96:
+        assert np.abs(out.states - cold.states).max() > 1e-3
+    # The carried state is the sequence's: the last window's new readings, stepped from
+    # the state before them, give it; stepping the whole window again would not.
+    if stride < num_steps:
+        again = Predictor(model, cfg, max_batch=4, carried_steps=num_steps)
+        twice = again.predict(w, t, carry=previous)
+        assert np.abs(twice.states - out.states).max() > 1e-3
 
 
 def test_save_load_round_trip_is_identical(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -37,14 +37,17 @@ def test_any_batch_size_reuses_the_warm_buckets(carry_model: keras.Model, batch:
     predictor = Predictor(carry_model, cfg, max_batch=8)
     assert predictor.trace_count == 0
     predictor.warmup()
-    assert predictor.trace_count == len(predictor.buckets) == 4
+    # Carry mode compiles two graphs: seeded from the truth, and continuing carried states.
+    assert predictor.trace_count == 2 * len(predictor.buckets) == 8
+    rng = np.random.default_rng(0)
     for n in [1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 30, 1, 6]:
         window, truth = batch(n)
-        out = predictor.predict(window, truth)
+        carry = np.zeros((n, cfg.state_width), np.float32)
+        out = predictor.predict(window, truth, carry, rng.random(n) < 0.5)
         assert out.forecast.shape == (n, HORIZON, NUM_FEATURES)
         assert out.states.shape == (n, cfg.state_width)
         assert out.forecast.dtype == out.states.dtype == np.float32
-    assert predictor.trace_count == 4
+    assert predictor.trace_count == 8
 
 
 def test_rows_do_not_depend_on_batching(carry_model: keras.Model, batch: Batch) -> None:

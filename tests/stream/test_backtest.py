@@ -161,14 +161,15 @@ def test_truth_is_matched_by_time_so_a_missing_reading_is_not_scored(tmp_path) -
     assert report.windows == len({t for _, t in _by_key(done)}) - 1  # the last has no future
 
 
-def test_carry_mode_carries_states_through_the_history_before_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("stride", [1, STEPS])
+def test_carry_mode_carries_states_through_the_history_before_start(tmp_path, stride) -> None:  # type: ignore[no-untyped-def]
     loaded = _model(tmp_path, "carry")
     data = {"a": _series(40, 6)}
-    start = float(data["a"][0][27])  # a forecast of the stride's (rows 11, 19, 27, 35)
-    with pytest.raises(ValueError, match=r"seeding 'carry'.* stride of the window's 8"):
-        run_backtest(data, loaded, stride=1)
+    start = float(data["a"][0][27])  # a forecast of either stride's (at 8: rows 11, 19, 27, 35)
+    with pytest.raises(ValueError, match=r"seeding 'carry'.* at most the window's 8"):
+        run_backtest(data, loaded, stride=STEPS + 1)
     whole: list[Forecasts] = []
-    run = functools.partial(run_backtest, stride=STEPS, max_batch=8, jit_compile="off")
+    run = functools.partial(run_backtest, stride=stride, max_batch=8, jit_compile="off")
     run(data, loaded, on_forecasts=_collect(whole))
     later: list[Forecasts] = []
     run(data, loaded, start=start, on_forecasts=_collect(later))

@@ -18,6 +18,7 @@ def _ready(partitions: list[int], offsets: list[int]) -> Ready:
         truths=np.zeros((n, 2), np.float32),
         slots=np.arange(n),
         generations=np.zeros(n, np.int64),
+        counts=np.zeros(n, np.int64),
         step_s=np.ones(n),
         ts=np.arange(n, dtype=np.float64),
         log_ts=np.zeros(n),

@@ -136,6 +136,7 @@ def _batch(n: int = 3) -> Ready:
         truths=np.ones((n, CFG.num_features), np.float32),
         slots=np.arange(n),
         generations=np.zeros(n, np.int64),
+        counts=np.zeros(n, np.int64),
         step_s=np.full(n, 900.0),
         ts=np.arange(n, dtype=np.float64),
         log_ts=np.zeros(n),
@@ -208,7 +209,9 @@ def test_serving_freezes_the_heap_and_a_swapped_out_version_is_still_collected(
     pauses mid-stream); a version swapped out must not stay frozen with them."""
     h, reg = pointed, pointed.serving.registry
     assert h.serving.served is not None
-    old = weakref.ref(h.serving.served.predictor._stepper)  # a Keras model: full of cycles
+    old = weakref.ref(
+        h.serving.served.predictor._steppers["seeded"]
+    )  # a Keras model: full of cycles
     assert gc.get_freeze_count() > 0
     assert reg.save(model, CFG) == 2
     h.clock.now += REGISTRY_CHECK_S
@@ -411,7 +414,7 @@ def test_full_store_warns_once_a_minute_with_evictions_and_capacity(
     clock = Clock()
     store = WindowStore(4, 3, 2)
     per_sensor = store.eviction_warnings.bytes_per_sensor
-    assert per_sensor == 4 * 2 * 4 + 56  # (num_steps + 1) x features x float32 + bookkeeping
+    assert per_sensor == 4 * 2 * 4 + 48  # (num_steps + 1) x features x float32 + bookkeeping
     store.eviction_warnings = EvictionWarnings(store.capacity, per_sensor, clock=clock)
 
     # Six sensors reporting in turn, one reading a second, in a store for four: every

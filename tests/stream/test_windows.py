@@ -111,6 +111,7 @@ def concat_appends(
         truths=np.concatenate([p.truths for p in parts]),
         slots=np.concatenate([p.slots for p in parts]),
         generations=np.concatenate([p.generations for p in parts]),
+        counts=np.concatenate([p.counts for p in parts]),
         step_s=np.concatenate([p.step_s for p in parts]),
         restarts=sum(p.restarts for p in parts),
         evicted=sum(p.evicted for p in parts),
@@ -183,16 +184,18 @@ def test_gap_restarts_window_and_clears_carry() -> None:
     store = WindowStore(4, 3, F, gap_factor=3.0, state_width=2)
     out = store.append(readings(["a"] * 5, [0, 10, 20, 30, 40]))
     assert len(out) == 2
-    gen = int(out.generations[-1])
-    store.carried.put(out.slots[-1:], out.generations[-1:], np.ones((1, 2), np.float32))
-    assert store.carried.get(out.slots[-1:], out.generations[-1:])[1].tolist() == [True]
+    gen, count = int(out.generations[-1]), out.counts[-1:]
+    store.carried.put(out.slots[-1:], out.generations[-1:], count, np.ones((1, 2), np.float32))
+    assert store.carried.get(out.slots[-1:], out.generations[-1:], count + 1, 1)[1].tolist() == [
+        True
+    ]
     # 30 s is not more than 3 x 10 s: no restart; 100 s is.
     out = store.append(readings(["a", "a"], [70, 170]))
     assert out.restarts == 1 and store.restarts_total == 1
     assert len(out) == 1  # the 70 s reading still completed a window
     slot = store.slot_of("a")
     assert slot is not None
-    states, has = store.carried.get(np.array([slot]), np.array([gen]))
+    states, has = store.carried.get(np.array([slot]), np.array([gen]), count + 2, 2)
     assert not has.any() and not states.any()
     # After the restart a full window + truth is needed again; the new step is re-learnt.
     out = store.append(readings(["a"] * 4, [230, 290, 350, 410]))
@@ -239,33 +242,41 @@ def test_carry_round_trip_and_generation_invalidation() -> None:
     store = WindowStore(2, 2, F, state_width=3)
     out = store.append(readings(["a", "b"] * 3, [1, 1, 2, 2, 3, 3]))
     assert len(out) == 2
-    states, has = store.carried.get(out.slots, out.generations)
+    assert out.counts.tolist() == [3, 3]  # readings since each window's start
+    nxt = out.counts + 1  # the next windows, one reading on
+    states, has = store.carried.get(out.slots, out.generations, nxt, 1)
     assert states.shape == (2, 3) and not has.any()
     new = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
-    assert store.carried.put(out.slots, out.generations, new) == 2
-    states, has = store.carried.get(out.slots, out.generations)
+    assert store.carried.put(out.slots, out.generations, out.counts, new) == 2
+    states, has = store.carried.get(out.slots, out.generations, nxt, 1)
     assert has.all()
     np.testing.assert_array_equal(states, new)
+    # A state continues only the window exactly ``steps`` readings on, no other.
+    assert not store.carried.get(out.slots, out.generations, nxt + 1, 1)[1].any()
+    assert store.carried.get(out.slots, out.generations, nxt + 1, 2)[1].all()
     # a is evicted by c; its slot is reused: the old generation must not see c's states.
     store.append(readings(["b"], [4]))
     store.append(readings(["c"], [1]))
-    states, has = store.carried.get(out.slots, out.generations)
+    states, has = store.carried.get(out.slots, out.generations, nxt, 1)
     assert has.tolist() == [False, True]
-    assert store.carried.put(out.slots, out.generations, new * 2) == 1
+    assert store.carried.put(out.slots, out.generations, out.counts, new * 2) == 1
     slot_c = store.slot_of("c")
     assert slot_c == int(out.slots[0])
     gen_c = store._generation[slot_c]
-    assert not store.carried.get(np.array([slot_c]), np.array([gen_c]))[1].any()
+    assert not store.carried.get(np.array([slot_c]), np.array([gen_c]), np.array([1]), 1)[1].any()
     with pytest.raises(ValueError):
-        store.carried.put(out.slots, out.generations, np.zeros((2, 4), np.float32))
+        store.carried.put(out.slots, out.generations, out.counts, np.zeros((2, 4), np.float32))
 
 
 def test_store_carry_keeps_newest_row_per_sensor() -> None:
     store = WindowStore(2, 2, F, state_width=1)
     out = store.append(readings(["a"] * 5, [1, 2, 3, 4, 5]))
     assert len(out) == 3
-    store.carried.put(out.slots, out.generations, np.array([[1], [2], [3]], np.float32))
-    assert store.carried.get(out.slots[:1], out.generations[:1])[0].tolist() == [[3.0]]
+    assert out.counts.tolist() == [3, 4, 5]
+    store.carried.put(out.slots, out.generations, out.counts, np.array([[1], [2], [3]], np.float32))
+    assert store.carried.get(out.slots[:1], out.generations[:1], np.array([6]), 1)[0].tolist() == [
+        [3.0]
+    ]
 
 
 def test_drop_partitions() -> None:
