@@ -33,11 +33,15 @@ class Examples:
     source: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # (k,)
     # (k, CALENDAR_WIDTH) float32: the origin's phases (``learn.calendar``); zeros if unknown.
     calendar: np.ndarray | None = None
+    # (k,) int64: where each example starts in its series; -1 where unknown.
+    start: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.calendar is None:
             zeros = np.zeros((len(self), CALENDAR_WIDTH), np.float32)
             object.__setattr__(self, "calendar", zeros)
+        if self.start is None:
+            object.__setattr__(self, "start", np.full(len(self), -1, np.int64))
 
     def __len__(self) -> int:
         return int(self.window.shape[0])
@@ -84,9 +88,11 @@ def make_examples(
         origins = stamps[num_steps : n - horizon : stride]  # each window's last reading
         calendar = calendar_inputs(origins, median_step(stamps))
     finite = np.isfinite(view).all(axis=(1, 2))
+    start = np.arange(view.shape[0], dtype=np.int64) * stride
     if not finite.all():
         view = view[finite]
         calendar = None if calendar is None else calendar[finite]
+        start = start[finite]
     k = view.shape[0]
     return Examples(
         window=np.ascontiguousarray(view[:, 1 : 1 + num_steps], dtype=np.float32),
@@ -94,6 +100,7 @@ def make_examples(
         target=np.ascontiguousarray(view[:, 1 + num_steps :], dtype=np.float32),
         source=np.full(k, source, dtype=np.int32),
         calendar=calendar,
+        start=start,
     )
 
 
@@ -201,7 +208,38 @@ def _concat(parts: list[Examples]) -> Examples:
         target=np.concatenate([p.target for p in parts]),
         source=np.concatenate([p.source for p in parts]),
         calendar=np.concatenate([p.calendar for p in parts if p.calendar is not None]),
+        start=np.concatenate([p.start for p in parts if p.start is not None]),
     )
+
+
+def chain_index(ex: Examples, links: int) -> np.ndarray:
+    """Consecutive examples of one series in chains of ``links``: (chains, links) indices.
+
+    Carry mode trains on such chains (``model.graph.build_chain_trainer``). Each run of
+    consecutive examples is cut into chains end to end; the last chain of a run ends at
+    the run's end, overlapping the one before, so no example is left out. A run shorter
+    than ``links`` (an example dropped for a NaN cuts a run) gives no chain.
+    """
+    if links < 1:
+        raise ValueError(f"links {links} must be >= 1")
+    assert ex.start is not None
+    if len(ex) == 0 or (ex.start < 0).any():
+        return np.zeros((0, links), np.int64)  # where examples start is not known
+    sources = ex.source if len(ex.source) == len(ex) else np.zeros(len(ex), np.int32)
+    order = np.lexsort((ex.start, sources))
+    start, source = ex.start[order], sources[order]
+    breaks = np.flatnonzero((np.diff(start) != 1) | (np.diff(source) != 0)) + 1
+    chains: list[np.ndarray] = []
+    for run in np.split(order, breaks):
+        if len(run) < links:
+            continue
+        firsts = list(range(0, len(run) - links + 1, links))
+        if firsts[-1] + links < len(run):
+            firsts.append(len(run) - links)
+        chains.extend(run[f : f + links] for f in firsts)
+    if not chains:
+        return np.zeros((0, links), np.int64)
+    return np.stack(chains).astype(np.int64)
 
 
 def split_at_gaps(

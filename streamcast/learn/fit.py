@@ -20,12 +20,17 @@ import numpy as np
 from streamcast.config import ModelSpec, TrainingSettings
 from streamcast.learn.calendar import CALENDAR_WIDTH
 from streamcast.learn.evaluation import Evaluation, baselines, evaluate, format_evaluation
-from streamcast.learn.examples import Examples, split_series
+from streamcast.learn.examples import Examples, chain_index, split_series
 from streamcast.learn.registry import ModelRegistry
-from streamcast.model import build_forecaster
+from streamcast.model import build_chain_trainer, build_forecaster
 from streamcast.model.runtime import keras
 
 logger = logging.getLogger(__name__)
+
+#: Carry mode trains on chains of this many consecutive windows (fewer where the data
+#: has no run this long), a batch of ``batch_size // CHAIN_BATCH_DIVISOR`` chains per step.
+CHAIN_LINKS = 32
+CHAIN_BATCH_DIVISOR = 8
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,41 @@ def _training_model(model: keras.Model, cfg: ModelSpec) -> keras.Model:
     return keras.Model({**inputs, "inv_scale": inv_scale}, scaled)
 
 
+def _chain_training_model(model: keras.Model, cfg: ModelSpec, links: int) -> keras.Model:
+    """``_training_model`` for carry mode: chains of windows with carried states."""
+    chain = build_chain_trainer(model, cfg, links)
+    inputs = {
+        "windows": keras.Input((links, cfg.num_steps, cfg.num_features), name="windows"),
+        "truth": keras.Input((cfg.num_features,), name="truth"),
+    }
+    if cfg.calendar:
+        inputs["calendar"] = keras.Input((links, CALENDAR_WIDTH), name="calendar")
+    inv_scale = keras.Input((cfg.num_features,), name="inv_scale")
+    scale = keras.ops.reshape(inv_scale, (-1, 1, 1, cfg.num_features))
+    scaled = keras.ops.multiply(chain(inputs), scale)
+    return keras.Model({**inputs, "inv_scale": inv_scale}, scaled)
+
+
+def _chain_links(*parts: Examples) -> int:
+    """The chain length every part can give at least one chain of (at most CHAIN_LINKS)."""
+    links = CHAIN_LINKS
+    while links > 1 and any(len(chain_index(p, links)) == 0 for p in parts):
+        links //= 2
+    return links
+
+
+def _chain_inputs(
+    ex: Examples, scale: np.ndarray, links: int, calendar: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    idx = chain_index(ex, links)
+    assert ex.calendar is not None
+    inv = (1.0 / scale[ex.source[idx[:, 0]]]).astype(np.float32)
+    inputs = {"windows": ex.window[idx], "truth": ex.truth[idx[:, 0]], "inv_scale": inv}
+    if calendar:
+        inputs["calendar"] = ex.calendar[idx]
+    return inputs, ex.target[idx] * inv[:, None, None, :]
+
+
 def _warm_start(model: keras.Model, initial: keras.Model) -> None:
     """Start from ``initial``'s weights, layer by layer (by name, where shapes agree), so a
     served model without the calendar still warm-starts one with it."""
@@ -245,10 +285,21 @@ def train(
     model = build_forecaster(cfg)
     if initial is not None:
         _warm_start(model, initial)
-    trainer = _training_model(model, cfg)
+    batch_size = settings.batch_size
+    if cfg.seeding == "carry":
+        # Trained the way it serves: the first window of a chain seeded, the others
+        # continuing the states before them (truncated backpropagation through time).
+        links = _chain_links(split.train, split.val)
+        trainer = _chain_training_model(model, cfg, links)
+        x, y = _chain_inputs(split.train, split.scale, links, cfg.calendar)
+        vx, vy = _chain_inputs(split.val, split.scale, links, cfg.calendar)
+        batch_size = max(1, batch_size // CHAIN_BATCH_DIVISOR)
+        logger.info("training carry mode on chains links=%d chains=%d", links, len(y))
+    else:
+        trainer = _training_model(model, cfg)
+        x, y = _scaled_inputs(trainer, split.train, split.scale)
+        vx, vy = _scaled_inputs(trainer, split.val, split.scale)
     trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mae")
-    x, y = _scaled_inputs(trainer, split.train, split.scale)
-    vx, vy = _scaled_inputs(trainer, split.val, split.scale)
     budget = _TimeBudget(settings.max_seconds)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings.patience, restore_best_weights=True
@@ -267,7 +318,7 @@ def train(
         y,
         validation_data=(vx, vy),
         epochs=settings.max_epochs,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         shuffle=True,
         callbacks=callbacks,
         verbose=0,

@@ -7,6 +7,7 @@ import it at module level, so commands that need no model start fast.
 
 from streamcast.errors import StateShapeError
 from streamcast.model.graph import (
+    build_chain_trainer,
     build_forecaster,
     build_stateful_twin,
     build_stepper,
@@ -29,6 +30,7 @@ __all__ = [
     "StateShapeError",
     "WindowNormalization",
     "assign_states",
+    "build_chain_trainer",
     "build_forecaster",
     "build_stateful_twin",
     "build_stepper",

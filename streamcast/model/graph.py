@@ -171,10 +171,15 @@ def _run(
             out, h, c = lstm(x, initial_state=initial[k])
         finals.append((h, c))
         x = stack.dropouts[k](out)
-    y = stack.reshape(stack.head(stack.concat([x, stack.flatten(z)])))
+    return _head(stack, x, z, mean, std, calendar), finals
+
+
+def _head(stack: _Stack, top: Any, z: Any, mean: Any, std: Any, calendar: Any) -> Any:
+    """The forecast from the top LSTM's output and the window it ran on."""
+    y = stack.reshape(stack.head(stack.concat([top, stack.flatten(z)])))
     if stack.calendar is not None:
-        y = stack.calendar(y, x, calendar)
-    return stack.denorm([y, mean, std]), finals
+        y = stack.calendar(y, top, calendar)
+    return stack.denorm([y, mean, std])
 
 
 def _inputs(cfg: ModelSpec) -> tuple[Any, Any]:
@@ -295,6 +300,59 @@ def build_stateful_twin(
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return twin
+
+
+def build_chain_trainer(model: keras.Model, cfg: ModelSpec, links: int) -> keras.Model:
+    """Carry mode trained the way it serves (truncated backpropagation through time).
+
+    Over the forecaster's own layers: ``links`` consecutive windows of one sensor, each
+    one reading after the last. The first is seeded from its truth and runs its whole
+    window; each later one continues the states the one before left, through its one
+    new reading, normalised with its own window's statistics, as the daemon steps a
+    carried state. Every window is forecast, so the loss covers cold starts and carried
+    states alike, and gradients flow back through the chain.
+
+    Inputs ``windows`` (batch, links, num_steps, F), ``truth`` (batch, F) and, if the
+    model has it, ``calendar`` (batch, links, CALENDAR_WIDTH); output
+    (batch, links, horizon, F).
+    """
+    if cfg.seeding != "carry":
+        raise ValueError(f"chains train carry mode, not seeding {cfg.seeding!r}")
+    if links < 1:
+        raise ValueError(f"links {links} must be >= 1")
+    stack = _stack_of(model)
+    t, f, top = cfg.num_steps, cfg.num_features, len(stack.lstms) - 1
+    windows = keras.Input((links, t, f), name="windows")
+    truth = keras.Input((f,), name="truth")
+    inputs: dict[str, Any] = {"windows": windows, "truth": truth}
+    calendar = None
+    if cfg.calendar:
+        inputs["calendar"] = keras.Input((links, CALENDAR_WIDTH), name="calendar")
+        calendar = ops.reshape(inputs["calendar"], (-1, CALENDAR_WIDTH))
+    z, mean, std = stack.norm(ops.reshape(windows, (-1, t, f)))  # every window, (batch*links)
+    z_chain = ops.reshape(z, (-1, links, t, f))
+    per_window = (-1, links, f)
+    first_mean, first_std = ops.reshape(mean, per_window)[:, 0], ops.reshape(std, per_window)[:, 0]
+    initial = _seed(stack, stack.truth_norm([truth, first_mean, first_std]))
+    x, states = z_chain[:, 0], []
+    for k, lstm in enumerate(stack.lstms):
+        out, h, c = lstm(x, initial_state=initial[k])
+        states.append([h, c])
+        x = stack.dropouts[k](out)
+    tops = ops.expand_dims(x, 1)  # (batch, 1, units)
+    if links > 1:
+        x = z_chain[:, 1:, -1, :]  # each later window's new reading, in its own scale
+        for k, lstm in enumerate(stack.lstms):
+            if k < top:
+                out, _, _ = lstm(x, initial_state=states[k])
+            else:  # the top layer's output after every step, from the same cell
+                sequence = keras.layers.RNN(lstm.cell, return_sequences=True, name="chain_top")
+                out = sequence(x, initial_state=states[k])
+            x = stack.dropouts[k](out)
+        tops = ops.concatenate([tops, x], axis=1)  # (batch, links, units)
+    forecast = _head(stack, ops.reshape(tops, (-1, cfg.units[-1])), z, mean, std, calendar)
+    out = ops.reshape(forecast, (-1, links, cfg.horizon, f))
+    return keras.Model(inputs, out, name="chain_trainer")
 
 
 def seed_states(

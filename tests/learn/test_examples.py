@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from streamcast.learn.examples import (
+    chain_index,
     make_examples,
     make_examples_many,
     split_at_gaps,
@@ -79,3 +82,25 @@ def test_split_at_gaps_cuts_where_readings_stop() -> None:
     pieces = split_at_gaps(ts, values)
     assert [p[0].tolist() for p in pieces] == [[0, 900, 1800, 2700], [9000, 9900, 10800]]
     assert pieces[1][1][0].tolist() == [8.0, 9.0]
+
+
+def test_chains_are_consecutive_windows_of_one_series_and_leave_none_out() -> None:
+    gappy = _arange_series(40)
+    gappy[20, 0] = np.nan  # cuts series 0 into two runs of examples
+    ex = make_examples_many([gappy, _arange_series(30) + 5000], num_steps=5, horizon=3)
+    np.testing.assert_array_equal(ex.start, ex.truth[:, 0].astype(np.int64) % 5000)
+    idx = chain_index(ex, links=4)
+    assert idx.shape[1] == 4
+    for chain in idx:
+        assert len(set(ex.source[chain].tolist())) == 1  # one series
+        np.testing.assert_array_equal(np.diff(ex.truth[chain, 0]), 1.0)  # one reading apart
+        for a, b in itertools.pairwise(chain):  # each window one step on
+            np.testing.assert_array_equal(ex.window[a, 1:], ex.window[b, :-1])
+    assert set(idx.ravel().tolist()) == set(range(len(ex)))  # every example is in a chain
+    # Runs: 12 examples (starts 0-11), 9 (21-29) and 22 (series 1): 3 + 3 + 6 chains,
+    # the last of each run ending on the run's end.
+    assert len(idx) == 3 + 3 + 6
+    assert ex.truth[idx[2], 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert len(chain_index(ex, links=13)) == 2  # only series 1's run of 22: two, overlapping
+    unknown = make_examples(_arange_series(20), 5, 3)
+    assert len(chain_index(type(unknown)(unknown.window, unknown.truth, unknown.target), 2)) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,3 +141,32 @@ def test_default_model_beats_baselines_on_unseen_data() -> None:
     fresh_metrics = score_model(result.model, ex, scale)
     print(format_evaluation(fresh_metrics))
     _assert_beats_baselines(fresh_metrics, "fresh fleet")
+
+
+def test_carry_mode_trains_on_chains_and_serves_one_reading_at_a_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A carry model trains on chains of windows with carried states and, served as the
+    daemon serves it at stride 1 (seeded once, then one LSTM step per reading), beats
+    persistence on series it never saw."""
+    from streamcast.model.predictor import Predictor
+
+    cfg = ModelSpec(num_steps=16, num_features=2, units=(8, 8), horizon=8, seeding="carry")
+    settings = TrainingSettings(max_seconds=10.0, max_epochs=30, random_seed=0)
+    with caplog.at_level(logging.INFO, logger="streamcast.learn.fit"):
+        result = train(cfg, fleet_series(4, 20 * 96, seed=3), settings, progress=False)
+    assert "training carry mode on chains links=32" in caplog.text
+
+    predictor = Predictor(result.model, cfg, max_batch=8, carried_steps=1)
+    fresh = np.stack(fleet_series(3, 4 * 96, seed=11)).astype(np.float32)  # (3, n, 2)
+    errors, naive = [], []
+    states = None
+    for end in range(cfg.num_steps, fresh.shape[1] - cfg.horizon):  # window ends at ``end``
+        window = fresh[:, end - cfg.num_steps + 1 : end + 1]
+        truth = fresh[:, end - cfg.num_steps]
+        out = predictor.predict(window, truth, carry=states)
+        states = out.states
+        target = fresh[:, end + 1 : end + 1 + cfg.horizon]
+        errors.append(np.abs(out.forecast - target).mean())
+        naive.append(np.abs(fresh[:, end : end + 1] - target).mean())
+    assert np.mean(errors) < 0.8 * np.mean(naive), (np.mean(errors), np.mean(naive))

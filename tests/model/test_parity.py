@@ -13,6 +13,7 @@ import tensorflow as tf
 from streamcast.config import Seeding
 from streamcast.model import (
     assign_states,
+    build_chain_trainer,
     build_forecaster,
     build_stateful_twin,
     flatten_states,
@@ -23,7 +24,7 @@ from streamcast.model import (
 )
 from streamcast.model.predictor import Predictor
 
-from .conftest import NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
+from .conftest import HORIZON, NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
 
 ATOL = 1e-5
 # Zeros mode is left out: its twin starts from zero states, as the model itself does, so
@@ -190,6 +191,29 @@ def test_carry_continues_like_the_stateful_twin(
         again = Predictor(model, cfg, max_batch=4, carried_steps=num_steps)
         twice = again.predict(w, t, carry=previous)
         assert np.abs(twice.states - out.states).max() > 1e-3
+
+
+@pytest.mark.parametrize("calendar", [False, True])
+def test_the_chain_trained_is_the_chain_served(rng: np.random.Generator, calendar: bool) -> None:
+    """The training graph of carry mode forecasts each link of a chain exactly as the
+    daemon's predictor does when it seeds the first window and steps each later one."""
+    cfg = make_cfg((8, 16), "carry").model_copy(update={"calendar": calendar})
+    model = build_forecaster(cfg)
+    n, links = 3, 7
+    series = seasonal(n, NUM_STEPS + links, rng)
+    windows = np.stack([series[:, j + 1 : j + 1 + NUM_STEPS] for j in range(links)], axis=1)
+    truth = series[:, 0]
+    cal = rng.uniform(0, 1, (n, links, 3)).astype(np.float32)
+    feed = {"windows": windows, "truth": truth} | ({"calendar": cal} if calendar else {})
+    trained = np.asarray(build_chain_trainer(model, cfg, links)(feed, training=False))
+    assert trained.shape == (n, links, HORIZON, 2)
+
+    predictor = Predictor(model, cfg, max_batch=4, carried_steps=1)
+    out = predictor.predict(windows[:, 0], truth, calendar=cal[:, 0])
+    np.testing.assert_allclose(trained[:, 0], out.forecast, rtol=0, atol=ATOL)
+    for j in range(1, links):
+        out = predictor.predict(windows[:, j], series[:, j], carry=out.states, calendar=cal[:, j])
+        np.testing.assert_allclose(trained[:, j], out.forecast, rtol=0, atol=ATOL)
 
 
 def test_save_load_round_trip_is_identical(tmp_path: Path, rng: np.random.Generator) -> None:
