@@ -61,6 +61,20 @@ def rate(fn: Callable[[], object], n: int, min_seconds: float) -> float:
     return n * calls / elapsed
 
 
+def interleaved(
+    runners: dict[str, Callable[[], object]], n: int, reps: int, min_seconds: float
+) -> dict[str, float]:
+    """Median windows/s of each runner, repetitions interleaved (compiled outside the clock)."""
+    for fn in runners.values():
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, fn in runners.items():
+            samples[name].append(rate(fn, n, min_seconds))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[str, Any]]:
     cfg = ModelSpec(
         num_steps=NUM_STEPS,
@@ -82,14 +96,7 @@ def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[
             "predict_on_batch": partial(model.predict_on_batch, feed),
             "predictor": partial(predictor.predict, window, truth),
         }
-        for fn in runners.values():  # trace and compile outside the clock
-            fn()
-            fn()
-        samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(reps):
-            for name, fn in runners.items():
-                samples[name].append(rate(fn, n, min_seconds))
-        med = {name: statistics.median(values) for name, values in samples.items()}
+        med = interleaved(runners, n, reps, min_seconds)
         rows.append(
             {
                 "units": list(units),
@@ -120,23 +127,16 @@ def measure_carry(reps: int, min_seconds: float, n: int = 256) -> list[dict[str,
             for s, p in by_stride.items()
         },
     }
-    for fn in runners.values():
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(reps):
-        for name, fn in runners.items():
-            samples[name].append(rate(fn, n, min_seconds))
-    seeded = statistics.median(samples["seeded"])
+    med = interleaved(runners, n, reps, min_seconds)
     return [
         {
             "graph": name,
             "units": list(cfg.units),
             "batch": n,
-            "wps": round(statistics.median(values), 1),
-            "vs_seeded": round(statistics.median(values) / seeded, 2),
+            "wps": round(wps, 1),
+            "vs_seeded": round(wps / med["seeded"], 2),
         }
-        for name, values in samples.items()
+        for name, wps in med.items()
     ]
 
 

@@ -152,9 +152,9 @@ def test_carry_mode_trains_on_chains_and_serves_one_reading_at_a_time(
     from streamcast.model.predictor import Predictor
 
     cfg = ModelSpec(num_steps=16, num_features=2, units=(8, 8), horizon=8, seeding="carry")
-    settings = TrainingSettings(max_seconds=10.0, max_epochs=30, random_seed=0)
+    settings = TrainingSettings(max_seconds=60.0, max_epochs=8, random_seed=0)  # by epochs
     with caplog.at_level(logging.INFO, logger="streamcast.learn.fit"):
-        result = train(cfg, fleet_series(4, 20 * 96, seed=3), settings, progress=False)
+        result = train(cfg, fleet_series(3, 15 * 96, seed=3), settings, progress=False)
     assert "training carry mode on chains links=32" in caplog.text
 
     predictor = Predictor(result.model, cfg, max_batch=8, carried_steps=1)
