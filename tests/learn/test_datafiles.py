@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streamcast.config import ModelSpec, TrainingSettings
-from streamcast.learn import datafiles
+from streamcast.learn import csvfile, parquetfile
 from streamcast.learn.datafiles import SensorData, load_csv, load_readings, load_series
 from streamcast.learn.fit import train_and_save
 from streamcast.learn.registry import ModelRegistry
@@ -196,7 +196,7 @@ def test_parquet_takes_timestamps_of_any_unit_and_zone_and_iso_text(tmp_path: Pa
 def test_parquet_reads_batch_by_batch_and_counts_rows_across_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datafiles, "_CHUNK", 4)
+    monkeypatch.setattr(parquetfile, "_CHUNK", 4)
     n = 23
     v1 = [float(i) for i in range(n)]
     v1[17] = float("inf")
@@ -340,7 +340,7 @@ def test_duplicates_keep_the_first_in_file_order(tmp_path: Path) -> None:
 def test_the_first_bad_row_in_the_file_is_the_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datafiles, "_CHUNK", 2)  # the duplicate and the bad row in other chunks
+    monkeypatch.setattr(csvfile, "_CHUNK", 2)  # the duplicate and the bad row in other chunks
     path = tmp_path / "two.csv"
     path.write_text("sensor,ts,v1\na,1,1\nb,1,1\na,1,2\nb,2,x\n")
     with pytest.raises(ValueError, match=r"two.csv:4: sensor 'a' has two readings"):
@@ -353,7 +353,7 @@ def test_the_first_bad_row_in_the_file_is_the_error(
 def test_csv_lines_count_blank_lines_and_quoted_line_breaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datafiles, "_CHUNK", 3)
+    monkeypatch.setattr(csvfile, "_CHUNK", 3)
     path = tmp_path / "lines.csv"
     body = 'a,1,1\n\n"two\nlines",1,2\n   \na,2,3\n"x\r\ny",2,4\na,3,oops\n'
     path.write_text("sensor,ts,v1\n" + body, newline="")
