@@ -27,8 +27,9 @@ from streamcast.ops.probes import Health, HttpServer
 from streamcast.stream.accuracy import LiveAccuracy
 from streamcast.stream.batcher import Batcher, Ready
 from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
+from streamcast.stream.decoding import decode_records
 from streamcast.stream.delivery import Delivery
-from streamcast.stream.messages import DeadLetter, Readings, decode_records, encode_forecasts
+from streamcast.stream.messages import DeadLetter, Readings, encode_forecasts
 from streamcast.stream.offsets import Offsets
 from streamcast.stream.rebuild import WindowRebuild
 from streamcast.stream.retraining import Retraining

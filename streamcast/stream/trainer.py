@@ -24,7 +24,7 @@ from streamcast.ops.metrics import Metrics
 from streamcast.ops.notify import Notifier
 from streamcast.ops.probes import Health, HttpServer
 from streamcast.stream.clients import connect, startup_deadline
-from streamcast.stream.messages import decode_records
+from streamcast.stream.decoding import decode_records
 from streamcast.stream.retraining import Retraining
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamcast.stream import messages
-from streamcast.stream.messages import decode_records
+from streamcast.stream import decoding
+from streamcast.stream.decoding import decode_records
 
 from .test_messages import Rec
 
@@ -109,7 +109,7 @@ def test_the_whole_poll_path_decodes_as_the_record_by_record_path(batch: list[Re
     """A poll of good readings is parsed in one typed pass; any bad record sends the
     poll record by record. Both must read every record the same way."""
     fast, fast_letters = decode_records(batch, F, MAX_BYTES, max_ts=MAX_TS)
-    with mock.patch.object(messages, "_parse_all", return_value=None):
+    with mock.patch.object(decoding, "_parse_all", return_value=None):
         slow, slow_letters = decode_records(batch, F, MAX_BYTES, max_ts=MAX_TS)
     assert fast.sensors == slow.sensors
     for name in ("ts", "values", "partitions", "offsets", "log_ts", "record_index"):

@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
+from streamcast.stream.decoding import decode_records
 from streamcast.stream.messages import (
     DeadLetter,
     Readings,
-    decode_records,
     encode_forecasts,
     encode_reading,
     load_schema,
