@@ -5,7 +5,7 @@ the newest usable one) and checks the pointer every few seconds. Another version
 there (a promotion, a rollback) is loaded, compiled and warmed on a worker thread while
 the loop keeps polling and heartbeating, and swapped in between batches: a batch is
 forecast by one version, which it names. One load at a time; a bad version is skipped
-until its files change, one still being copied is waited for (``INCOMPLETE_GRACE_S``).
+until its files change, one still being copied is waited for (``stream.candidates``).
 At start-up an unusable current version gives way to the best usable one
 (``serving_order``). An empty registry trains version 1 first (``stream.bootstrap``);
 a daemon that only serves (``training.online: false``) waits instead, input paused,
@@ -32,12 +32,12 @@ from streamcast.learn.registry import (
     Fingerprint,
     IncompleteVersionError,
     ModelRegistry,
-    Pointer,
     serving_order,
 )
 from streamcast.ops.heap import settle_heap
 from streamcast.stream.batcher import Ready
 from streamcast.stream.bootstrap import AwaitingTrainer, Bootstrap, Reports, Waiting
+from streamcast.stream.candidates import Candidates
 from streamcast.stream.inference import BatchInference, Forecasts, Served
 from streamcast.stream.messages import Readings
 from streamcast.stream.windows import WindowStore
@@ -45,9 +45,6 @@ from streamcast.stream.windows import WindowStore
 logger = logging.getLogger(__name__)
 
 REGISTRY_CHECK_S = 5.0
-# A version directory without its meta.json / model.keras (a cp -r or rsync in progress)
-# is waited for this long without progress before it is rejected as an error.
-INCOMPLETE_GRACE_S = 120.0
 
 
 @dataclass
@@ -104,12 +101,7 @@ class Serving:
         self._loading: _Load | None = None  # the one load in flight
         self._next_check = 0.0
         self._settle_due = False  # a version was put into service: settle the heap after
-        self._rejected_version = 0  # the newest version rejected so far (0: none)
-        # version -> its files' fingerprint when rejected: tried again once they change
-        self._rejected: dict[int, Fingerprint] = {}
-        # version -> (fingerprint, since, why): incomplete, waited for while its files change
-        self._incomplete: dict[int, tuple[Fingerprint, float, str]] = {}
-        self._pointer_error = ""  # the last unreadable-pointer error logged (once each)
+        self.candidates = Candidates(self.registry)
         #: Monotonic seconds; tests replace it to step through the registry checks.
         self.clock: Callable[[], float] = time.monotonic
 
@@ -179,21 +171,8 @@ class Serving:
             except ModelMismatchError as exc:
                 raise StartupError(str(exc)) from exc
             except RegistryError as exc:
-                level = logging.ERROR
-                if isinstance(exc, IncompleteVersionError):
-                    self._incomplete[version] = (fingerprint, now, str(exc))
-                    level = logging.WARNING  # a copy in progress, most likely
-                else:
-                    self._rejected[version] = fingerprint
-                    self._rejected_version = max(self._rejected_version, version)
+                self.candidates.skipped_at_startup(version, fingerprint, exc, now)
                 failures.append(str(exc))
-                logger.log(
-                    level,
-                    "model version %d skipped at start-up: %s",
-                    version,
-                    exc,
-                    extra={"ctx": {"model_version": version}},
-                )
                 continue
             if pointer is not None and version != pointer.current:
                 logger.warning(
@@ -241,7 +220,9 @@ class Serving:
             return
         if self._loading is None and now >= self._next_check:
             self._next_check = now + REGISTRY_CHECK_S
-            self._check_registry(now)
+            chosen = self.candidates.next(now, self.version or 0, self._meanwhile())
+            if chosen is not None:
+                self._load_in_background(*chosen)
             if self.awaiting is not None:  # said at every check: start-up's READY said another
                 self.awaiting.checked(self.loading)
                 self._take_over_if_alone()
@@ -351,90 +332,18 @@ class Serving:
         try:
             served = load.future.result()
         except IncompleteVersionError as exc:
-            if load.version not in self._incomplete:
-                logger.info(
-                    "model version %d is not complete yet, waiting up to %.0fs for its files: %s",
-                    load.version,
-                    INCOMPLETE_GRACE_S,
-                    exc,
-                    extra={"ctx": {"model_version": load.version}},
-                )
-            self._incomplete[load.version] = (load.fingerprint, now, str(exc))
+            self.candidates.waiting_for(load.version, load.fingerprint, now, str(exc))
             self._next_check = now  # meanwhile an older version may do (without a pointer)
             return
         except Exception as exc:  # whatever the new version does, the served one goes on
-            self._incomplete.pop(load.version, None)
-            self._reject(load.version, load.fingerprint, exc)
+            self.candidates.stop_waiting(load.version)
+            self.candidates.reject(load.version, load.fingerprint, exc, self._meanwhile())
             return
-        self._incomplete.pop(load.version, None)
+        self.candidates.stop_waiting(load.version)
         self._serve(served)
         if self.awaiting is not None:  # the trainer's first version: the input flows again
             self.awaiting.finish()
             self.awaiting = None
-
-    def _check_registry(self, now: float) -> None:
-        """Start loading the version the pointer names, if it is another one and can be
-        tried now.
-
-        Without a pointer: the newest version above the served one that can be tried now.
-        Skipped: versions rejected whose files have not changed since (a fingerprint of
-        names, sizes and mtimes), and versions still missing files within the grace
-        period (without a pointer, in favour of the next older one). An unreadable
-        pointer is logged once and keeps the served model. Waiting for the trainer's first
-        version, every version is above the served one (0).
-        """
-        served = self.version or 0
-        try:
-            pointer = self.registry.pointer()
-        except RegistryError as exc:
-            if str(exc) != self._pointer_error:
-                self._pointer_error = str(exc)
-                logger.error("%s; %s", exc, self._meanwhile())
-            return
-        self._pointer_error = ""
-        versions = self.registry.versions()
-        for version in self._wanted(pointer, versions, served):
-            fingerprint = self.registry.fingerprint(version)
-            if self._rejected.get(version) == fingerprint:
-                continue
-            if version in self._rejected:
-                logger.info("model version %d changed since it was rejected: trying again", version)
-                del self._rejected[version]
-            seen = self._incomplete.get(version)
-            if seen is not None and seen[0] == fingerprint:  # its copy has not moved
-                if now - seen[1] < INCOMPLETE_GRACE_S:
-                    continue
-                del self._incomplete[version]
-                self._reject(version, fingerprint, seen[2])
-                continue
-            self._load_in_background(version, fingerprint)
-            break
-        # Forget versions that are gone (retention), except the one the pointer names.
-        keep = set(versions) | ({pointer.current} if pointer is not None else set())
-        for table in (self._rejected, self._incomplete):
-            for version in [v for v in table if v not in keep]:
-                del table[version]
-
-    @staticmethod
-    def _wanted(pointer: Pointer | None, versions: list[int], served: int) -> list[int]:
-        """The versions to try swapping to, first choice first."""
-        if pointer is not None:
-            return [pointer.current] if pointer.current != served else []
-        return [v for v in reversed(versions) if v > served]
-
-    def _reject(self, version: int, fingerprint: Fingerprint, why: Exception | str) -> None:
-        """Log a bad version once; it is tried again when its files change."""
-        self._rejected[version] = fingerprint
-        self._rejected_version = max(self._rejected_version, version)
-        if isinstance(why, Exception) and not isinstance(why, RegistryError | ModelMismatchError):
-            why = f"{type(why).__name__}: {why}"
-        logger.error(
-            "model version %d rejected, %s (tried again if its files change): %s",
-            version,
-            self._meanwhile(),
-            why,
-            extra={"ctx": {"model_version": version}},
-        )
 
     def _meanwhile(self) -> str:
         """What goes on while a version cannot be served, for the log."""

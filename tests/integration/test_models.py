@@ -106,9 +106,10 @@ def test_daemon_follows_the_pointer_without_a_restart_and_skips_bad_versions(
     serving = running.daemon.serving
     bad = _add_corrupt_version(registry, tmp_path / "scratch")
     time.sleep(1.0)  # several registry checks
-    assert serving._rejected_version == 0
+    assert serving.candidates.rejected_version == 0
     _point_at(registry, bad, [1])
-    wait_for(lambda: serving._rejected_version == bad, 60, f"version {bad} to be rejected")
+    rejected = serving.candidates
+    wait_for(lambda: rejected.rejected_version == bad, 60, f"version {bad} to be rejected")
     assert serving.served is not None and serving.served.version == 1
 
     # A version saved with promote=True (the default) swaps in.

@@ -85,7 +85,7 @@ def test_hand_copied_version_is_served_after_promote(
     assert "truncated" in err and len(err.splitlines()) == 1
     time.sleep(1.0)  # several registry checks
     assert serving.version == 1
-    assert serving._rejected_version == 0 and not serving._incomplete
+    assert serving.candidates.rejected_version == 0 and not serving.candidates.incomplete
 
     # The copy finishes; promoting it now works, and the daemon follows the pointer.
     (target / MODEL_FILE).write_bytes(data)
@@ -127,16 +127,16 @@ def test_hand_copied_version_is_served_once_complete_without_a_pointer(
     # 1. The directory, no files yet: waited for, not rejected.
     target = ModelRegistry(registry).version_path(2)
     target.mkdir()
-    wait_for(lambda: 2 in serving._incomplete, 30, "version 2 to be waited for")
+    wait_for(lambda: 2 in serving.candidates.incomplete, 30, "version 2 to be waited for")
     time.sleep(1.0)  # several more checks
-    assert serving._rejected_version == 0
+    assert serving.candidates.rejected_version == 0
     assert serving.version == 1
 
     # 2. meta.json and half of model.keras: rejected (once), version 1 keeps serving.
     shutil.copy2(source / META_FILE, target / META_FILE)
     data = (source / MODEL_FILE).read_bytes()
     (target / MODEL_FILE).write_bytes(data[: len(data) // 2])
-    wait_for(lambda: serving._rejected_version == 2, 30, "version 2 to be rejected")
+    wait_for(lambda: serving.candidates.rejected_version == 2, 30, "version 2 to be rejected")
     time.sleep(1.0)
     assert serving.version == 1
     rejections = [

@@ -28,16 +28,16 @@ from streamcast.errors import StartupError
 from streamcast.learn.registry import META_FILE, MODEL_FILE, ModelRegistry
 from streamcast.model import build_forecaster
 from streamcast.ops.metrics import Metrics
-from streamcast.stream import serving as serving_module
 from streamcast.stream.batcher import Ready
+from streamcast.stream.candidates import INCOMPLETE_GRACE_S
 from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.daemon import Daemon
 from streamcast.stream.messages import Readings
-from streamcast.stream.serving import INCOMPLETE_GRACE_S, REGISTRY_CHECK_S, Served, Serving
+from streamcast.stream.serving import REGISTRY_CHECK_S, Served, Serving
 from streamcast.stream.windows import WindowStore
 
 CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
-LOGGER = serving_module.__name__
+LOGGER = "streamcast.stream"  # serving and the candidates it picks from
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ class Harness:
 
 
 def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == LOGGER and r.levelno == level]
+    return [r for r in caplog.records if r.name.startswith(LOGGER) and r.levelno == level]
 
 
 @pytest.fixture
@@ -242,7 +242,7 @@ def test_failed_background_load_leaves_the_old_model_serving(
     message = errors[0].getMessage()
     assert "model version 2 rejected, still serving version 1" in message
     assert "RuntimeError: out of device memory while compiling" in message
-    assert h.serving._rejected_version == 2
+    assert h.serving.candidates.rejected_version == 2
     assert h.serving.forecast_batch(_batch()).version == 1
     h.check()
     h.check()
@@ -296,7 +296,7 @@ def test_hand_copied_version_is_served_once_its_copy_completes(
     assert "model version 2 rejected, still serving version 1" in message
     assert "truncated" in message
     assert errors[0].ctx == {"model_version": 2}  # type: ignore[attr-defined]
-    assert harness.serving._rejected_version == 2
+    assert harness.serving.candidates.rejected_version == 2
     harness.check()
     harness.check()
     assert len(_records(caplog, logging.ERROR)) == 1  # unchanged files: not tried again
