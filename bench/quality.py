@@ -82,7 +82,19 @@ DATA_DIR = HERE / "data"
 NUM_STEPS = 96
 THREADS = 2
 DEFAULT_PYTHON = ".venv-quality/bin/python"
-STREAMCAST = ("streamcast", "streamcast+calendar")
+STREAMCAST = (
+    "streamcast",
+    "streamcast+calendar",
+    "streamcast+calendar+daily",
+    "streamcast+calendar+weekly",
+)
+#: --variants: (label, calendar, seasonal lag: none, a day or a week)
+VARIANTS = {
+    "plain": ("streamcast", False, ""),
+    "calendar": ("streamcast+calendar", True, ""),
+    "daily": ("streamcast+calendar+daily", True, "day"),
+    "weekly": ("streamcast+calendar+weekly", True, "week"),
+}
 BASELINES = ("lightgbm", "nhits", "seasonal naive", "weekly naive")
 
 Data = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -203,6 +215,7 @@ def run_streamcast(
     seed: int,
     workdir: Path,
     patience: int = 8,
+    seasonal_lag: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     from streamcast.learn.fit import train
     from streamcast.learn.registry import ModelRegistry
@@ -217,6 +230,7 @@ def run_streamcast(
         units=units,
         seeding="truth",
         calendar=calendar,
+        seasonal_lag=seasonal_lag,
     )
     settings = TrainingSettings(
         random_seed=seed, max_seconds=max_seconds, threads=THREADS, patience=patience
@@ -227,7 +241,7 @@ def run_streamcast(
     began = time.monotonic()
     result = train(cfg, series, settings, progress=False, timestamps=stamps)
     fit_s = time.monotonic() - began
-    registry = workdir / f"registry-{'cal' if calendar else 'plain'}"
+    registry = workdir / f"registry-{int(calendar)}-{seasonal_lag}"
     ModelRegistry(registry).save(
         result.model,
         cfg,
@@ -375,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--nhits-seconds", type=float, help="N-HiTS' training budget (default --max-seconds)"
     )
-    parser.add_argument("--units", default="32,32", help="streamcast's LSTM units (32,32)")
+    parser.add_argument(
+        "--units", default="16,16", help="streamcast's LSTM units (16,16, the default model's)"
+    )
     parser.add_argument(
         "--patience", type=int, default=8, help="streamcast's early-stopping patience (8)"
     )
@@ -384,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-python", default=DEFAULT_PYTHON)
     parser.add_argument("--skip-baselines", action="store_true", help="naives and streamcast only")
     parser.add_argument(
-        "--variants", default="plain,calendar", help="streamcast variants: plain,calendar"
+        "--variants",
+        default="plain,calendar,weekly",
+        help="streamcast variants: plain, calendar, daily and weekly (calendar + the seasonal "
+        "lags of a day or of a week)",
     )
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
     parser.add_argument("--report", type=Path, help="print a saved run's tables and exit")
@@ -400,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown data sets: {', '.join(unknown)}")
     units = tuple(int(u) for u in args.units.split(","))
     variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(set(variants) - set(VARIANTS)))}")
     nhits_s = args.max_seconds if args.nhits_seconds is None else args.nhits_seconds
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -433,18 +454,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             result["datasets"][name] = entry
             for variant in variants:
-                label = "streamcast+calendar" if variant == "calendar" else "streamcast"
+                label, calendar, lag = VARIANTS[variant]
                 print(f"[{name}] {label}: training ...", file=sys.stderr, flush=True)
                 pred, info = run_streamcast(
                     data,
                     p,
                     ds.horizon,
-                    variant == "calendar",
+                    calendar,
                     units,
                     args.max_seconds,
                     args.seed,
                     work,
                     args.patience,
+                    seasonal_lag={"day": p.season, "week": p.week}.get(lag, 0),
                 )
                 methods[label] = score(pred, p.truth) | {"train_seconds": info["train_seconds"]}
                 entry["streamcast"][label] = info

@@ -152,3 +152,36 @@ def test_models_saved_before_the_rename_still_load() -> None:
 
     spec = ModelSpec.model_validate({"num_steps": 12, "units": [4], "seed": "carry"})
     assert spec.seeding == "carry"
+
+
+@pytest.mark.parametrize(("horizon", "lag"), [(4, 1), (4, 3), (96, 95), (96, 48)])
+def test_a_seasonal_lag_shorter_than_the_horizon_is_refused(horizon: int, lag: int) -> None:
+    """Step h's lag is the reading ``lag - h`` steps before the window's last one: with a
+    lag under the horizon, the last steps' lags would be readings not yet seen."""
+    from pydantic import ValidationError
+
+    from streamcast.config import ModelSpec
+
+    with pytest.raises(ValidationError, match=rf"horizon \({horizon}\): a lag of {lag} steps"):
+        ModelSpec(horizon=horizon, seasonal_lag=lag)
+    env = {"STREAMCAST_MODEL__HORIZON": str(horizon), "STREAMCAST_MODEL__SEASONAL_LAG": str(lag)}
+    with pytest.raises(
+        ConfigError, match=r"model\.seasonal_lag \(env STREAMCAST_MODEL__SEASONAL_LAG\)"
+    ):
+        load_settings(environ=env)
+
+
+def test_seasonal_lags_of_the_horizon_or_longer_are_taken() -> None:
+    from streamcast.config import ModelSpec
+
+    for horizon, lag in [(4, 0), (4, 4), (4, 5), (96, 96), (24, 168), (96, 672)]:
+        spec = ModelSpec(num_steps=48, horizon=horizon, seasonal_lag=lag)
+        assert spec.seasonal_lag == lag
+        # The store keeps the window, its truth and a season; an example covers the horizon too.
+        assert spec.context == max(48 + 1, lag)
+        assert spec.span == spec.context + horizon
+    assert ModelSpec().seasonal_lag == 0
+    s = load_settings(environ={"STREAMCAST_MODEL__SEASONAL_LAG": "672"})
+    assert s.model.seasonal_lag == 672
+    with pytest.raises(ConfigError, match=r"model\.seasonal_lag"):
+        load_settings(environ={"STREAMCAST_MODEL__SEASONAL_LAG": "-1"})

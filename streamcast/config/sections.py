@@ -12,7 +12,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Seeding = Literal["truth", "carry", "zeros"]
 SEEDING_MODES: tuple[Seeding, ...] = ("truth", "carry", "zeros")
@@ -55,6 +62,15 @@ class ModelSpec(BaseModel):
         description="tell the model the time of day and the day of the week of every "
         "forecast step (from ts); versions saved without it have none",
     )
+    seasonal_lag: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="a seasonal period in steps (168: a week of hourly readings, 672: of "
+        "15-minute ones): the model is also given, for every forecast step, the reading "
+        "one period before it, and the window store keeps max(num_steps + 1, seasonal_lag) "
+        "readings per sensor; 0: off",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +92,28 @@ class ModelSpec(BaseModel):
         if any(u < 1 for u in value):
             raise ValueError("every layer needs at least one unit")
         return value
+
+    @field_validator("seasonal_lag")
+    @classmethod
+    def _lag_covers_horizon(cls, value: int, info: ValidationInfo) -> int:
+        horizon = info.data.get("horizon")
+        if horizon is not None and 0 < value < horizon:
+            raise ValueError(
+                f"must be 0 or at least model.horizon ({horizon}): a lag of {value} steps "
+                "names readings not yet seen"
+            )
+        return value
+
+    @property
+    def context(self) -> int:
+        """Readings the window store keeps per sensor: the window, its truth, the lags."""
+        return max(self.num_steps + 1, self.seasonal_lag)
+
+    @property
+    def span(self) -> int:
+        """Readings one training example covers with everything it is given: the window,
+        its truth, the lags and the horizon."""
+        return self.context + self.horizon
 
     @property
     def state_width(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -35,21 +35,45 @@ class Examples:
     calendar: np.ndarray | None = None
     # (k,) int64: where each example starts in its series; -1 where unknown.
     start: np.ndarray | None = None
+    # (k, horizon, F) float32: each target step's reading one season earlier
+    # (``model.seasonal_lag``); (k, 0, F) when the examples were cut without a season.
+    lags: np.ndarray | None = None
+    # (k, 1) float32: 1 where every lag was observed, else 0 (and those lags are 0).
+    lags_known: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        k = len(self)
+        if len(self.source) != k:  # not given: one series
+            object.__setattr__(self, "source", np.zeros(k, np.int32))
         if self.calendar is None:
-            zeros = np.zeros((len(self), CALENDAR_WIDTH), np.float32)
-            object.__setattr__(self, "calendar", zeros)
+            object.__setattr__(self, "calendar", np.zeros((k, CALENDAR_WIDTH), np.float32))
         if self.start is None:
-            object.__setattr__(self, "start", np.full(len(self), -1, np.int64))
+            object.__setattr__(self, "start", np.full(k, -1, np.int64))
+        if self.lags is None:
+            f = self.window.shape[2]
+            object.__setattr__(self, "lags", np.zeros((k, 0, f), np.float32))
+        if self.lags_known is None:
+            object.__setattr__(self, "lags_known", np.zeros((k, 1), np.float32))
 
     def __len__(self) -> int:
         return int(self.window.shape[0])
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """The model's named inputs (``calendar`` is read only by a model that has it)."""
-        assert self.calendar is not None
-        return {"window": self.window, "truth": self.truth, "calendar": self.calendar}
+        """The model's named inputs (``calendar`` and the lags are read only by a model
+        that has them)."""
+        assert self.calendar is not None and self.lags is not None
+        assert self.lags_known is not None
+        return {
+            "window": self.window,
+            "truth": self.truth,
+            "calendar": self.calendar,
+            "lags": self.lags,
+            "lags_known": self.lags_known,
+        }
+
+    def take(self, idx: np.ndarray) -> Examples:
+        """The examples at ``idx``, every field alike."""
+        return Examples(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
 def make_examples(
@@ -59,13 +83,18 @@ def make_examples(
     stride: int = 1,
     source: int = 0,
     ts: np.ndarray | None = None,
+    *,
+    seasonal_lag: int = 0,
+    first: int = 0,
 ) -> Examples:
     """Cut (truth, window, target) examples from one (n, F) series with a strided view.
 
-    Example ``i`` starts at ``i * stride``: truth = series[s], window = series[s+1 : s+1+num_steps],
-    target = the ``horizon`` readings after the window. Examples with a non-finite value are
-    dropped rather than fed to the model. With the series' ``ts`` each example gets its
-    calendar inputs (the window's last reading is the origin; the step is the median).
+    Example ``i`` starts at ``s = first + i * stride``: truth = series[s], window =
+    series[s+1 : s+1+num_steps], target = the ``horizon`` readings after the window.
+    Examples with a non-finite value are dropped rather than fed to the model. With the
+    series' ``ts`` each example gets its calendar inputs (the window's last reading is
+    the origin; the step is the median). With ``seasonal_lag`` P each gets, per target
+    step, the reading P steps before it; readings before ``first`` serve as such lags.
     """
     arr = np.asarray(series, dtype=np.float64)
     if arr.ndim == 1:
@@ -76,24 +105,28 @@ def make_examples(
         raise ValueError("num_steps, horizon and stride must all be >= 1")
     n, f = arr.shape
     span = 1 + num_steps + horizon
-    if n < span:
-        return _empty(num_steps, horizon, f)
-    view = np.lib.stride_tricks.sliding_window_view(arr, span, axis=0)[::stride]  # (k, F, span)
+    first = max(0, int(first))
+    if n - first < span:
+        return _empty(num_steps, horizon, f, seasonal_lag)
+    view = np.lib.stride_tricks.sliding_window_view(arr[first:], span, axis=0)[::stride]
     view = view.transpose(0, 2, 1)  # (k, span, F), still a view
     calendar = None
     if ts is not None:
         stamps = np.asarray(ts, np.float64)
         if stamps.shape != (n,):
             raise ValueError(f"ts has shape {stamps.shape}; the series has {n} readings")
-        origins = stamps[num_steps : n - horizon : stride]  # each window's last reading
+        origins = stamps[first + num_steps : n - horizon : stride]  # each window's last reading
         calendar = calendar_inputs(origins, median_step(stamps))
     finite = np.isfinite(view).all(axis=(1, 2))
-    start = np.arange(view.shape[0], dtype=np.int64) * stride
+    start = first + np.arange(view.shape[0], dtype=np.int64) * stride
     if not finite.all():
         view = view[finite]
         calendar = None if calendar is None else calendar[finite]
         start = start[finite]
     k = view.shape[0]
+    lags = lags_known = None
+    if seasonal_lag:
+        lags, lags_known = seasonal_lags(arr, start + num_steps, horizon, seasonal_lag)
     return Examples(
         window=np.ascontiguousarray(view[:, 1 : 1 + num_steps], dtype=np.float32),
         truth=np.ascontiguousarray(view[:, 0], dtype=np.float32),
@@ -101,7 +134,24 @@ def make_examples(
         source=np.full(k, source, dtype=np.int32),
         calendar=calendar,
         start=start,
+        lags=lags,
+        lags_known=lags_known,
     )
+
+
+def seasonal_lags(
+    series: np.ndarray, last: np.ndarray, horizon: int, period: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per origin ``last`` (index of a window's last reading in ``series``): the reading
+    ``period`` steps before each of the next ``horizon`` steps, (k, horizon, F) float32,
+    and (k, 1) float32 1 where all of them were observed (finite, inside the series);
+    elsewhere the lags are 0."""
+    idx = np.asarray(last, np.int64)[:, None] + np.arange(1 - period, horizon + 1 - period)
+    inside = (idx[:, 0] >= 0) & (idx[:, -1] < len(series))
+    lags = np.asarray(series, np.float64)[np.clip(idx, 0, max(len(series) - 1, 0))]
+    known = inside & np.isfinite(lags).all(axis=(1, 2))
+    lags[~known] = 0.0
+    return lags.astype(np.float32), known.astype(np.float32)[:, None]
 
 
 def make_examples_many(
@@ -110,24 +160,27 @@ def make_examples_many(
     horizon: int,
     stride: int = 1,
     timestamps: Sequence[np.ndarray] | None = None,
+    *,
+    seasonal_lag: int = 0,
 ) -> Examples:
     """``make_examples`` over several series, concatenated; ``source`` is the series index."""
     stamps = _stamps(series, timestamps)
     parts = [
-        make_examples(s, num_steps, horizon, stride, source=i, ts=stamps[i])
+        make_examples(s, num_steps, horizon, stride, i, stamps[i], seasonal_lag=seasonal_lag)
         for i, s in enumerate(series)
     ]
     if not parts:
-        return _empty(num_steps, horizon, 1)
-    return _concat(parts)
+        return _empty(num_steps, horizon, 1, seasonal_lag)
+    return concat_examples(parts)
 
 
-def _empty(num_steps: int, horizon: int, f: int) -> Examples:
+def _empty(num_steps: int, horizon: int, f: int, seasonal_lag: int = 0) -> Examples:
     return Examples(
         window=np.zeros((0, num_steps, f), np.float32),
         truth=np.zeros((0, f), np.float32),
         target=np.zeros((0, horizon, f), np.float32),
         source=np.zeros(0, np.int32),
+        lags=np.zeros((0, horizon if seasonal_lag else 0, f), np.float32),
     )
 
 
@@ -144,6 +197,8 @@ def split_series(
     horizon: int,
     validation_fraction: float,
     timestamps: Sequence[np.ndarray] | None = None,
+    *,
+    seasonal_lag: int = 0,
 ) -> _Split:
     """Chronological split per series: validation targets all lie after every training target.
 
@@ -159,10 +214,16 @@ def split_series(
         cut = _cut(len(arr), validation_fraction)
         std = np.nanstd(arr[:cut], axis=0) if cut > 1 else np.ones(arr.shape[1])
         scales.append(np.where(np.isfinite(std) & (std > 1e-12), std, 1.0))
-        train.append(make_examples(arr[:cut], num_steps, horizon, source=i, ts=_part(ts, 0, cut)))
+        train.append(
+            make_examples(
+                arr[:cut], num_steps, horizon, 1, i, _part(ts, 0, cut), seasonal_lag=seasonal_lag
+            )
+        )
         lo = max(0, cut - num_steps - 1)
-        val.append(make_examples(arr[lo:], num_steps, horizon, source=i, ts=_part(ts, lo, None)))
-    return _Split(_concat(train), _concat(val), np.stack(scales))
+        val.append(
+            make_examples(arr, num_steps, horizon, 1, i, ts, seasonal_lag=seasonal_lag, first=lo)
+        )
+    return _Split(concat_examples(train), concat_examples(val), np.stack(scales))
 
 
 def _stamps(
@@ -201,14 +262,10 @@ def split_sizes(
     return train, val
 
 
-def _concat(parts: list[Examples]) -> Examples:
+def concat_examples(parts: Sequence[Examples]) -> Examples:
+    """Examples of several cuts as one set, every field alike."""
     return Examples(
-        window=np.concatenate([p.window for p in parts]),
-        truth=np.concatenate([p.truth for p in parts]),
-        target=np.concatenate([p.target for p in parts]),
-        source=np.concatenate([p.source for p in parts]),
-        calendar=np.concatenate([p.calendar for p in parts if p.calendar is not None]),
-        start=np.concatenate([p.start for p in parts if p.start is not None]),
+        **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Examples)}
     )
 
 

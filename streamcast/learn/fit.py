@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from streamcast.config import ModelSpec, TrainingSettings
-from streamcast.learn.calendar import CALENDAR_WIDTH
 from streamcast.learn.evaluation import Evaluation, baselines, evaluate, format_evaluation
 from streamcast.learn.examples import Examples, chain_index, split_series
 from streamcast.learn.registry import ModelRegistry
-from streamcast.model import build_chain_trainer, build_forecaster
+from streamcast.model import build_chain_trainer, build_forecaster, extra_shapes
 from streamcast.model.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -163,9 +162,8 @@ def _training_model(model: keras.Model, cfg: ModelSpec) -> keras.Model:
     inputs = {
         "window": keras.Input((cfg.num_steps, cfg.num_features), name="window"),
         "truth": keras.Input((cfg.num_features,), name="truth"),
+        **{name: keras.Input(shape, name=name) for name, shape in extra_shapes(cfg).items()},
     }
-    if cfg.calendar:
-        inputs["calendar"] = keras.Input((CALENDAR_WIDTH,), name="calendar")
     inv_scale = keras.Input((cfg.num_features,), name="inv_scale")
     forecast = model(inputs)
     scaled = keras.ops.multiply(forecast, keras.ops.expand_dims(inv_scale, 1))
@@ -178,9 +176,11 @@ def _chain_training_model(model: keras.Model, cfg: ModelSpec, links: int) -> ker
     inputs = {
         "windows": keras.Input((links, cfg.num_steps, cfg.num_features), name="windows"),
         "truth": keras.Input((cfg.num_features,), name="truth"),
+        **{
+            name: keras.Input((links, *shape), name=name)
+            for name, shape in extra_shapes(cfg).items()
+        },
     }
-    if cfg.calendar:
-        inputs["calendar"] = keras.Input((links, CALENDAR_WIDTH), name="calendar")
     inv_scale = keras.Input((cfg.num_features,), name="inv_scale")
     scale = keras.ops.reshape(inv_scale, (-1, 1, 1, cfg.num_features))
     scaled = keras.ops.multiply(chain(inputs), scale)
@@ -196,14 +196,14 @@ def _chain_links(*parts: Examples) -> int:
 
 
 def _chain_inputs(
-    ex: Examples, scale: np.ndarray, links: int, calendar: bool
+    ex: Examples, scale: np.ndarray, links: int, cfg: ModelSpec
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     idx = chain_index(ex, links)
-    assert ex.calendar is not None
     inv = (1.0 / scale[ex.source[idx[:, 0]]]).astype(np.float32)
     inputs = {"windows": ex.window[idx], "truth": ex.truth[idx[:, 0]], "inv_scale": inv}
-    if calendar:
-        inputs["calendar"] = ex.calendar[idx]
+    given = ex.inputs()
+    for name in extra_shapes(cfg):
+        inputs[name] = given[name][idx]
     return inputs, ex.target[idx] * inv[:, None, None, :]
 
 
@@ -272,7 +272,12 @@ def train(
                 f"series {i} has shape {np.shape(s)}; expected (n, {cfg.num_features})"
             )
     split = split_series(
-        series, cfg.num_steps, cfg.horizon, settings.validation_fraction, timestamps
+        series,
+        cfg.num_steps,
+        cfg.horizon,
+        settings.validation_fraction,
+        timestamps,
+        seasonal_lag=cfg.seasonal_lag,
     )
     if len(split.train) == 0 or len(split.val) == 0:
         need = math.ceil((1 + cfg.num_steps + cfg.horizon) / settings.validation_fraction)
@@ -291,8 +296,8 @@ def train(
         # continuing the states before them (truncated backpropagation through time).
         links = _chain_links(split.train, split.val)
         trainer = _chain_training_model(model, cfg, links)
-        x, y = _chain_inputs(split.train, split.scale, links, cfg.calendar)
-        vx, vy = _chain_inputs(split.val, split.scale, links, cfg.calendar)
+        x, y = _chain_inputs(split.train, split.scale, links, cfg)
+        vx, vy = _chain_inputs(split.val, split.scale, links, cfg)
         batch_size = max(1, batch_size // CHAIN_BATCH_DIVISOR)
         logger.info("training carry mode on chains links=%d chains=%d", links, len(y))
     else:

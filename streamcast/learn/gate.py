@@ -10,6 +10,7 @@ logs, metrics and the version's meta.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from streamcast.learn.evaluation import Evaluation, score_held_out
-from streamcast.learn.examples import Examples, make_examples_many
+from streamcast.learn.examples import Examples, concat_examples, make_examples
 from streamcast.learn.history import Segment
 
 Reason = Literal[
@@ -49,7 +50,12 @@ class HeldOutSplit:
 
 
 def split_held_out(
-    segments: Sequence[Segment], num_steps: int, horizon: int, holdout_fraction: float
+    segments: Sequence[Segment],
+    num_steps: int,
+    horizon: int,
+    holdout_fraction: float,
+    *,
+    seasonal_lag: int = 0,
 ) -> HeldOutSplit:
     """Hold out the most recent ``holdout_fraction`` of each sensor's examples.
 
@@ -57,6 +63,8 @@ def split_held_out(
     (window, truth or horizon) shares a reading with a held-out one; the examples
     that would straddle the cut are lost. A run too short for an example that is newer
     than the cut is dropped, so nothing trained on is newer than the held-out slice.
+    With ``seasonal_lag`` the held-out examples take their lags from the readings before
+    them, the training part's included: inputs only, as a served window reads them.
     """
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction {holdout_fraction} must be in (0, 1)")
@@ -65,8 +73,7 @@ def split_held_out(
     for seg in segments:
         by_sensor.setdefault(seg.sensor, []).append(seg)
     train: list[Segment] = []
-    held: list[np.ndarray] = []
-    held_ts: list[np.ndarray] = []
+    held: list[Examples] = []
     owner: list[int] = []
     scales: list[np.ndarray] = []
     num_features = segments[0].values.shape[1] if segments else 1
@@ -83,8 +90,17 @@ def split_held_out(
                 continue  # newer than the cut, and no example of its own
             take = min(left, examples)
             cut = len(run.ts) - (take + span - 1)
-            held.append(run.values[cut:])
-            held_ts.append(run.ts[cut:])
+            held.append(
+                make_examples(
+                    run.values,
+                    num_steps,
+                    horizon,
+                    source=len(owner),
+                    ts=run.ts,
+                    seasonal_lag=seasonal_lag,
+                    first=cut,
+                )
+            )
             owner.append(index)
             left -= take
             if cut > 0:
@@ -93,15 +109,15 @@ def split_held_out(
         train.extend(kept)
         scales.append(_scale([r.values for r in kept], num_features))
     if held:
-        ex = make_examples_many(held, num_steps, horizon, timestamps=held_ts)
-        source = np.asarray(owner, np.int32)[ex.source]
-        held_out = Examples(ex.window, ex.truth, ex.target, source, ex.calendar)
+        ex = concat_examples(held)
+        held_out = dataclasses.replace(ex, source=np.asarray(owner, np.int32)[ex.source])
     else:
         held_out = Examples(
             window=np.zeros((0, num_steps, num_features), np.float32),
             truth=np.zeros((0, num_features), np.float32),
             target=np.zeros((0, horizon, num_features), np.float32),
             source=np.zeros(0, np.int32),
+            lags=np.zeros((0, horizon if seasonal_lag else 0, num_features), np.float32),
         )
     scale = np.stack(scales) if scales else np.ones((0, num_features))
     return HeldOutSplit(train, held_out, scale, list(by_sensor))

@@ -57,10 +57,12 @@ class ReplayBuffer:
         max_bytes: int = DEFAULT_MAX_BYTES,
         gap_factor: float = 3.0,
         max_per_sensor: int | None = None,
+        seasonal_lag: int = 0,
     ) -> None:
         self.num_steps = num_steps
         self.horizon = horizon
-        span = num_steps + 1 + horizon
+        # The readings one example covers, its lags included (``ModelSpec.span``).
+        span = max(num_steps + 1, seasonal_lag) + horizon
         if max_per_sensor is None:
             max_per_sensor = max(
                 span, (max_bytes - SENSOR_OVERHEAD_BYTES) // (8 + 4 * num_features)

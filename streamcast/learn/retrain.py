@@ -77,8 +77,20 @@ def retrain(
     started = time.monotonic()
     fit.limit_threads(settings.threads)
     registry = ModelRegistry(registry_path, keep=keep)
-    split = split_held_out(segments, cfg.num_steps, cfg.horizon, settings.holdout_fraction)
-    incumbent = registry.load(champion, expect=cfg).model if champion is not None else None
+    split = split_held_out(
+        segments,
+        cfg.num_steps,
+        cfg.horizon,
+        settings.holdout_fraction,
+        seasonal_lag=cfg.seasonal_lag,
+    )
+    incumbent = None
+    if champion is not None:
+        loaded = registry.load(champion, expect=cfg)
+        # A champion built for another season would be scored on lags it was not made
+        # for; serving refuses it under this configuration anyway (stream.inference).
+        if loaded.cfg.seasonal_lag in (0, cfg.seasonal_lag):
+            incumbent = loaded.model
     series = [s.values for s in split.train]
     stamps = [s.ts for s in split.train]
     try:

@@ -6,6 +6,7 @@ import it at module level, so commands that need no model start fast.
 """
 
 from streamcast.errors import StateShapeError
+from streamcast.model.effects import extra_shapes
 from streamcast.model.graph import (
     build_chain_trainer,
     build_forecaster,
@@ -13,7 +14,13 @@ from streamcast.model.graph import (
     build_stepper,
     seed_states,
 )
-from streamcast.model.layers import CarrySlice, Denormalize, Standardize, WindowNormalization
+from streamcast.model.layers import (
+    CarrySlice,
+    Denormalize,
+    LagFeatures,
+    Standardize,
+    WindowNormalization,
+)
 from streamcast.model.states import (
     assign_states,
     flatten_states,
@@ -26,6 +33,7 @@ from streamcast.model.states import (
 __all__ = [
     "CarrySlice",
     "Denormalize",
+    "LagFeatures",
     "Standardize",
     "StateShapeError",
     "WindowNormalization",
@@ -34,6 +42,7 @@ __all__ = [
     "build_forecaster",
     "build_stateful_twin",
     "build_stepper",
+    "extra_shapes",
     "flatten_states",
     "lstm_layers",
     "read_states",

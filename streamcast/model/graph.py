@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from streamcast.config import ModelSpec
-from streamcast.learn.calendar import CALENDAR_WIDTH
-from streamcast.model.calendar import CalendarFeatures
+from streamcast.model.effects import CalendarEffect, SeasonEffect, extra_inputs, extra_shapes
 from streamcast.model.layers import (
     CarrySlice,
     Denormalize,
@@ -42,47 +41,8 @@ class _Stack:
     head: Any
     reshape: Any
     denorm: Any
-    calendar: _Calendar | None = None
-
-
-@dataclass
-class _Calendar:
-    """The calendar effect: f(step's calendar harmonics, final LSTM output), per step."""
-
-    features: Any
-    repeat: Any
-    concat: Any
-    hidden: Any
-    out: Any
-    add: Any
-
-    _NAMES = ("calendar_features", "calendar_context", "calendar_input", "calendar_hidden",
-              "calendar_out", "calendar_add")  # fmt: skip
-
-    @classmethod
-    def fresh(cls, cfg: ModelSpec) -> _Calendar:
-        return cls(
-            features=CalendarFeatures(cfg.horizon, name="calendar_features"),
-            repeat=keras.layers.RepeatVector(cfg.horizon, name="calendar_context"),
-            concat=keras.layers.Concatenate(name="calendar_input"),
-            hidden=keras.layers.Dense(16, activation="tanh", name="calendar_hidden"),
-            # Zero at first: a model starts as the plain forecaster and learns the calendar.
-            out=keras.layers.Dense(
-                cfg.num_features, kernel_initializer="zeros", name="calendar_out"
-            ),
-            add=keras.layers.Add(name="calendar_add"),
-        )
-
-    @classmethod
-    def of(cls, model: keras.Model) -> _Calendar | None:
-        names = {layer.name for layer in model.layers}
-        if "calendar_features" not in names:
-            return None
-        return cls(*(model.get_layer(name) for name in cls._NAMES))
-
-    def __call__(self, normalised: Any, top: Any, calendar: Any) -> Any:
-        context = self.concat([self.features(calendar), self.repeat(top)])
-        return self.add([normalised, self.out(self.hidden(context))])
+    calendar: CalendarEffect | None = None
+    season: SeasonEffect | None = None
 
 
 def _fresh_stack(cfg: ModelSpec, *, seeded: bool, stateful: bool = False) -> _Stack:
@@ -115,7 +75,8 @@ def _fresh_stack(cfg: ModelSpec, *, seeded: bool, stateful: bool = False) -> _St
         head=keras.layers.Dense(cfg.horizon * cfg.num_features, name="head"),
         reshape=keras.layers.Reshape((cfg.horizon, cfg.num_features), name="head_reshape"),
         denorm=Denormalize(name="forecast"),
-        calendar=_Calendar.fresh(cfg) if cfg.calendar else None,
+        calendar=CalendarEffect.fresh(cfg) if cfg.calendar else None,
+        season=SeasonEffect.fresh(cfg) if cfg.seasonal_lag else None,
     )
 
 
@@ -139,7 +100,8 @@ def _stack_of(model: keras.Model) -> _Stack:
         head=model.get_layer("head"),
         reshape=model.get_layer("head_reshape"),
         denorm=model.get_layer("forecast"),
-        calendar=_Calendar.of(model),
+        calendar=CalendarEffect.of(model),
+        season=SeasonEffect.of(model),
     )
 
 
@@ -153,11 +115,11 @@ def _run(
     mean: Any,
     std: Any,
     initial: list[list[Any]] | None,
-    calendar: Any = None,
+    extra: dict[str, Any],
     steps: Any = None,
 ) -> tuple[Any, list[StatePair]]:
     """LSTM stack plus direct head; the skip over the window carries seasonal structure,
-    the calendar effect (if the model has one) what the window cannot show.
+    the calendar and seasonal-lag effects (if the model has them) what it cannot show.
 
     ``steps``: a layer that picks the steps the LSTMs run (a carried state's new
     readings); the whole window by default. The head always sees the whole window.
@@ -171,14 +133,17 @@ def _run(
             out, h, c = lstm(x, initial_state=initial[k])
         finals.append((h, c))
         x = stack.dropouts[k](out)
-    return _head(stack, x, z, mean, std, calendar), finals
+    return _head(stack, x, z, mean, std, extra), finals
 
 
-def _head(stack: _Stack, top: Any, z: Any, mean: Any, std: Any, calendar: Any) -> Any:
-    """The forecast from the top LSTM's output and the window it ran on."""
+def _head(stack: _Stack, top: Any, z: Any, mean: Any, std: Any, extra: dict[str, Any]) -> Any:
+    """The forecast from the top LSTM's output, the window it ran on and ``extra``
+    (``calendar``; ``lags`` and ``lags_known``) where the model takes them."""
     y = stack.reshape(stack.head(stack.concat([top, stack.flatten(z)])))
     if stack.calendar is not None:
-        y = stack.calendar(y, top, calendar)
+        y = stack.calendar(y, top, extra["calendar"])
+    if stack.season is not None:
+        y = stack.season(y, top, extra["lags"], extra["lags_known"], mean, std)
     return stack.denorm([y, mean, std])
 
 
@@ -188,17 +153,15 @@ def _inputs(cfg: ModelSpec) -> tuple[Any, Any]:
     return window, truth
 
 
-def _calendar_input(cfg: ModelSpec) -> dict[str, Any]:
-    """``{"calendar": Input}`` for a model with calendar inputs, else nothing."""
-    if not cfg.calendar:
-        return {}
-    return {"calendar": keras.Input((CALENDAR_WIDTH,), name="calendar")}
-
-
-def _check_calendar(stack: _Stack, cfg: ModelSpec) -> None:
+def _check_extras(stack: _Stack, cfg: ModelSpec) -> None:
     if (stack.calendar is not None) != cfg.calendar:
         has = "has" if stack.calendar is not None else "has no"
         raise ValueError(f"model {has} calendar inputs, config says calendar={cfg.calendar}")
+    if (stack.season is not None) != bool(cfg.seasonal_lag):
+        has = "has" if stack.season is not None else "has no"
+        raise ValueError(
+            f"model {has} seasonal-lag inputs, config says seasonal_lag={cfg.seasonal_lag}"
+        )
 
 
 def build_forecaster(cfg: ModelSpec) -> keras.Model:
@@ -208,13 +171,13 @@ def build_forecaster(cfg: ModelSpec) -> keras.Model:
     replace it at inference (``build_stepper`` with ``carried_steps``).
     """
     window, truth = _inputs(cfg)
-    extra = _calendar_input(cfg)
+    extra = extra_inputs(cfg)
     stack = _fresh_stack(cfg, seeded=cfg.seeding != "zeros")
     z, mean, std = stack.norm(window)
     initial = None
     if stack.seeders:
         initial = _seed(stack, stack.truth_norm([truth, mean, std]))
-    forecast, _ = _run(stack, z, mean, std, initial, extra.get("calendar"))
+    forecast, _ = _run(stack, z, mean, std, initial, extra)
     inputs = {"window": window, "truth": truth, **extra}
     return keras.Model(inputs, forecast, name="forecaster")
 
@@ -240,9 +203,9 @@ def build_stepper(
             f"model has LSTM units {[lstm.units for lstm in stack.lstms]}, config says "
             f"{list(cfg.units)}"
         )
-    _check_calendar(stack, cfg)
+    _check_extras(stack, cfg)
     window, truth = _inputs(cfg)
-    extra = _calendar_input(cfg)
+    extra = extra_inputs(cfg)
     z, mean, std = stack.norm(window)
     initial = None
     steps = None
@@ -269,7 +232,7 @@ def build_stepper(
                     f"seed mode {cfg.seeding!r} needs a seeder; this model was built without"
                 )
             initial = _seed(stack, stack.truth_norm([truth, mean, std]))
-    forecast, finals = _run(stack, z, mean, std, initial, extra.get("calendar"), steps)
+    forecast, finals = _run(stack, z, mean, std, initial, extra, steps)
     states = keras.layers.Concatenate(name="states")([t for pair in finals for t in pair])
     name = "stepper" if carried_steps is None else "carried_stepper"
     return keras.Model(inputs, {"forecast": forecast, "states": states}, name=name)
@@ -280,7 +243,7 @@ def build_stateful_twin(
 ) -> keras.Model:
     """The textbook mechanism with a copy of the same weights: ``stateful=True`` LSTMs.
 
-    Takes only ``window`` (and ``calendar``, if the model has it); each layer starts from
+    Takes only ``window`` (and the model's ``extra_shapes`` inputs); each layer starts from
     whatever ``assign_states`` put in its state variables and keeps its final state,
     so consecutive calls continue the sequence. With ``steps`` the LSTMs run only the
     window's last ``steps`` readings (the normalisation and the head see all of it):
@@ -289,12 +252,10 @@ def build_stateful_twin(
     window = keras.Input(batch_shape=(batch_size, cfg.num_steps, cfg.num_features), name="window")
     stack = _fresh_stack(cfg, seeded=False, stateful=True)
     z, mean, std = stack.norm(window)
-    calendar = None
-    if cfg.calendar:
-        calendar = keras.Input(batch_shape=(batch_size, CALENDAR_WIDTH), name="calendar")
+    extra = extra_inputs(cfg, batch=batch_size)
     last = None if steps is None else LastSteps(steps, name="carried_steps")
-    forecast, _ = _run(stack, z, mean, std, None, calendar, last)
-    inputs = window if calendar is None else {"window": window, "calendar": calendar}
+    forecast, _ = _run(stack, z, mean, std, None, extra, last)
+    inputs = window if not extra else {"window": window, **extra}
     twin = keras.Model(inputs, forecast, name="stateful_twin")
     for layer in twin.layers:
         if layer.weights:
@@ -312,8 +273,8 @@ def build_chain_trainer(model: keras.Model, cfg: ModelSpec, links: int) -> keras
     carried state. Every window is forecast, so the loss covers cold starts and carried
     states alike, and gradients flow back through the chain.
 
-    Inputs ``windows`` (batch, links, num_steps, F), ``truth`` (batch, F) and, if the
-    model has it, ``calendar`` (batch, links, CALENDAR_WIDTH); output
+    Inputs ``windows`` (batch, links, num_steps, F), ``truth`` (batch, F) and the
+    model's ``extra_shapes`` inputs per link (batch, links, ...); output
     (batch, links, horizon, F).
     """
     if cfg.seeding != "carry":
@@ -324,11 +285,10 @@ def build_chain_trainer(model: keras.Model, cfg: ModelSpec, links: int) -> keras
     t, f, top = cfg.num_steps, cfg.num_features, len(stack.lstms) - 1
     windows = keras.Input((links, t, f), name="windows")
     truth = keras.Input((f,), name="truth")
-    inputs: dict[str, Any] = {"windows": windows, "truth": truth}
-    calendar = None
-    if cfg.calendar:
-        inputs["calendar"] = keras.Input((links, CALENDAR_WIDTH), name="calendar")
-        calendar = ops.reshape(inputs["calendar"], (-1, CALENDAR_WIDTH))
+    linked = extra_inputs(cfg, links=links)
+    inputs: dict[str, Any] = {"windows": windows, "truth": truth, **linked}
+    shapes = extra_shapes(cfg)
+    extra = {name: ops.reshape(x, (-1, *shapes[name])) for name, x in linked.items()}
     z, mean, std = stack.norm(ops.reshape(windows, (-1, t, f)))  # every window, (batch*links)
     z_chain = ops.reshape(z, (-1, links, t, f))
     per_window = (-1, links, f)
@@ -350,7 +310,7 @@ def build_chain_trainer(model: keras.Model, cfg: ModelSpec, links: int) -> keras
                 out = sequence(x, initial_state=states[k])
             x = stack.dropouts[k](out)
         tops = ops.concatenate([tops, x], axis=1)  # (batch, links, units)
-    forecast = _head(stack, ops.reshape(tops, (-1, cfg.units[-1])), z, mean, std, calendar)
+    forecast = _head(stack, ops.reshape(tops, (-1, cfg.units[-1])), z, mean, std, extra)
     out = ops.reshape(forecast, (-1, links, cfg.horizon, f))
     return keras.Model(inputs, out, name="chain_trainer")
 

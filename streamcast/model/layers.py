@@ -93,7 +93,11 @@ class Standardize(keras.layers.Layer):  # type: ignore[misc]
         # A std under 1e-30 of the scale only matters where the gap is 0 (0 / 0); any
         # other gap is past the clip either way.
         spread = ops.maximum(std / scale, _TINY)
-        return ops.clip(gap / spread, -self.clip, self.clip)
+        # Clip the gap before dividing: gap / spread can overflow (a truth 1e20 spreads
+        # off), and the clip's zero gradient times an infinite one is NaN. The bound sits
+        # a hair past the clip, so the outer clip still decides the value exactly.
+        bound = self.clip * spread * (1.0 + 2.0**-20)
+        return ops.clip(ops.clip(gap, -bound, bound) / spread, -self.clip, self.clip)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "clip": self.clip}
@@ -152,3 +156,54 @@ class LastSteps(keras.layers.Layer):  # type: ignore[misc]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "steps": self.steps}
+
+
+@keras.saving.register_keras_serializable(package="streamcast")
+class LagFeatures(keras.layers.Layer):  # type: ignore[misc]
+    """Per forecast step: the reading one season before it on the window's scale, whether
+    the lags are known, and the step's place in the horizon.
+
+    Inputs ``[lags (batch, H, F), known (batch, 1), mean (batch, F), std (batch, F)]``;
+    output (batch, H, F + 2). Unknown lags (a sensor with less history than a season)
+    are zeros with ``known`` 0, so the model learns to do without them; a lag far off the
+    window's scale saturates at the clip, as the truth does (``Standardize``).
+    """
+
+    def __init__(self, horizon: int, clip: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.horizon = int(horizon)
+        self.clip = float(clip)
+        self._standardize = Standardize(clip=clip)
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        lags, known, mean, std = inputs
+        known = ops.expand_dims(ops.cast(known, lags.dtype), 1)  # (batch, 1, 1)
+        z = self._standardize([lags, ops.expand_dims(mean, 1), ops.expand_dims(std, 1)]) * known
+        ones = ops.ones_like(z[:, :, :1])
+        position = ops.cast(ops.arange(1, self.horizon + 1), z.dtype) / float(self.horizon)
+        steps = ones * ops.reshape(position, (1, self.horizon, 1))
+        return ops.concatenate([z, ones * known, steps], axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[Any]) -> tuple[Any, ...]:
+        lags = input_shape[0]
+        return (lags[0], self.horizon, lags[2] + 2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "horizon": self.horizon, "clip": self.clip}
+
+
+@keras.saving.register_keras_serializable(package="streamcast")
+class LagBlend(keras.layers.Layer):  # type: ignore[misc]
+    """Move each step of the normalised forecast towards its lag, by a learned share.
+
+    Inputs ``[forecast (batch, H, F), lag features (batch, H, F + 2), gate (batch, H, F)]``
+    (``LagFeatures``: the lags, then ``known``). The share is ``sigmoid(gate)`` where the
+    lags are known and 0 where not: a season that repeats is taken as it was, one that
+    does not is left to the rest of the model.
+    """
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        y, features, gate = inputs
+        f = y.shape[-1]
+        lags, known = features[..., :f], features[..., f : f + 1]
+        return y + ops.sigmoid(gate) * known * (lags - y)

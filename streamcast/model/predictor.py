@@ -18,7 +18,7 @@ import numpy as np
 
 from streamcast.config import ModelSpec
 from streamcast.errors import StateShapeError
-from streamcast.learn.calendar import CALENDAR_WIDTH
+from streamcast.model.effects import extra_shapes
 from streamcast.model.graph import build_stepper
 from streamcast.model.runtime import DEVICE, keras
 
@@ -83,7 +83,8 @@ class Predictor:
         self.jit = jit_compile == "on" or (jit_compile == "auto" and self.device.startswith("CPU"))
         self.trace_count = 0
         self._carry = cfg.seeding == "carry"
-        self._calendar = cfg.calendar
+        # Inputs beyond window and truth/carry: calendar, seasonal lags.
+        self._extra = extra_shapes(cfg)
         # Carry mode: a carried state advances by the readings since it was taken
         # (window.stride), one LSTM step each; rows without one are seeded.
         self.carried_steps = (carried_steps or cfg.num_steps) if self._carry else None
@@ -92,8 +93,7 @@ class Predictor:
             self._steppers["carried"] = build_stepper(model, cfg, carried_steps=self.carried_steps)
         # Each graph's inputs, in the order its compiled functions take them.
         self._names: dict[Kind, list[str]] = {
-            kind: ["window", "truth" if kind == "seeded" else "carry"]
-            + (["calendar"] if self._calendar else [])
+            kind: ["window", "truth" if kind == "seeded" else "carry", *self._extra]
             for kind in self._steppers
         }
         self._fns: dict[tuple[Kind, int], Callable[..., Any]] = {}
@@ -107,12 +107,7 @@ class Predictor:
         matching (about 0.2 ms, a quarter of a batch of 10) and can never retrace.
         """
         tf = self._tf
-        shapes = {
-            "window": (batch, self.cfg.num_steps, self.cfg.num_features),
-            "truth": (batch, self.cfg.num_features),
-            "carry": (batch, self.width),
-            "calendar": (batch, CALENDAR_WIDTH),
-        }
+        shapes = {name: (batch, *shape) for name, shape in self._shapes().items()}
         names = self._names[kind]
         spec = [tf.TensorSpec(shapes[n], tf.float32, n) for n in names]
         stepper = self._steppers[kind]
@@ -128,16 +123,17 @@ class Predictor:
 
     def warmup(self) -> None:
         """Trace and compile every graph and bucket now, before the first real batch waits."""
-        t, f = self.cfg.num_steps, self.cfg.num_features
         for kind in self._steppers:
             for b in self.buckets:
                 zeros = {
-                    "window": np.zeros((b, t, f), np.float32),
-                    "truth": np.zeros((b, f), np.float32),
-                    "carry": np.zeros((b, self.width), np.float32),
-                    "calendar": np.zeros((b, CALENDAR_WIDTH), np.float32),
+                    n: np.zeros((b, *shape), np.float32) for n, shape in self._shapes().items()
                 }
                 self._call(kind, zeros)
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every input's shape per row, whichever graph takes it."""
+        t, f = self.cfg.num_steps, self.cfg.num_features
+        return {"window": (t, f), "truth": (f,), "carry": (self.width,), **self._extra}
 
     def predict(
         self,
@@ -146,6 +142,8 @@ class Predictor:
         carry: np.ndarray | None = None,
         has_carry: np.ndarray | None = None,
         calendar: np.ndarray | None = None,
+        lags: np.ndarray | None = None,
+        lags_known: np.ndarray | None = None,
     ) -> Prediction:
         """Forecast ``n`` windows; ``carry`` rows are used only in carry mode and only where
         ``has_carry`` (default: all rows when ``carry`` is given) - the others are seeded.
@@ -153,7 +151,9 @@ class Predictor:
         A carried row's state must be the one its sensor's window ended with
         ``carried_steps`` readings before this one: only those readings are stepped.
         ``calendar`` (n, 3), from ``streamcast.learn.calendar.calendar_inputs``, is required
-        by a model with calendar inputs (``model.calendar``) and ignored by the others.
+        by a model with calendar inputs (``model.calendar``) and ignored by the others;
+        ``lags`` (n, horizon, F), each forecast step's reading one season earlier, and
+        ``lags_known`` (n,) likewise by a model with seasonal lags (``model.seasonal_lag``).
         """
         window = np.asarray(window, dtype=np.float32)
         truth = np.asarray(truth, dtype=np.float32)
@@ -164,15 +164,18 @@ class Predictor:
         if truth.shape != (n, f):
             raise ValueError(f"truth must be ({n}, {f}), got {truth.shape}")
         carry, has_carry = self._carry_inputs(n, carry, has_carry)
-        if self._calendar:
-            if calendar is None:
-                raise ValueError("this model forecasts from calendar inputs: pass calendar")
-            calendar = np.asarray(calendar, dtype=np.float32)
-            if calendar.shape != (n, CALENDAR_WIDTH):
-                raise ValueError(f"calendar must be ({n}, {CALENDAR_WIDTH}), got {calendar.shape}")
-        else:
-            calendar = np.zeros((n, CALENDAR_WIDTH), np.float32)
-        given = {"window": window, "truth": truth, "carry": carry, "calendar": calendar}
+        given = {"window": window, "truth": truth, "carry": carry}
+        offered = {"calendar": calendar, "lags": lags, "lags_known": lags_known}
+        for name, shape in self._extra.items():
+            value = offered[name]
+            if value is None:
+                raise ValueError(f"this model forecasts from {name} inputs: pass {name}")
+            arr = np.asarray(value, dtype=np.float32)
+            if name == "lags_known" and arr.shape == (n,):
+                arr = arr[:, None]
+            if arr.shape != (n, *shape):
+                raise ValueError(f"{name} must be {(n, *shape)}, got {np.shape(value)}")
+            given[name] = arr
         if not self._carry or not has_carry.any():
             return self._run("seeded", given)
         if has_carry.all():

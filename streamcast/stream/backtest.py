@@ -244,14 +244,7 @@ def run_backtest(
             "inference": {"max_batch": max_batch, "jit_compile": jit_compile},
         }
     )
-    store = WindowStore(
-        settings.window.capacity,
-        spec.num_steps,
-        spec.num_features,
-        stride=stride,
-        gap_factor=gap_factor,
-        state_width=spec.state_width if spec.seeding == "carry" else 0,
-    )
+    store = WindowStore.for_settings(settings)
     inference = BatchInference(settings, store)
     # Batches come in two sizes (full, and each chunk's rest): compile as they come.
     served = inference.prepare(loaded, 0.0, warm=False)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from streamcast.stream.appended import Appended
 from streamcast.stream.messages import Readings
-from streamcast.stream.windows import Appended
 
 
 @dataclass
@@ -23,6 +23,8 @@ class Ready:
     sensors: list[str]
     windows: np.ndarray  # (n, num_steps, F) float32
     truths: np.ndarray  # (n, F)
+    lags: np.ndarray  # (n, horizon, F): each step's reading a season earlier; (n, 0, F) if none
+    lags_known: np.ndarray  # (n,) bool
     slots: np.ndarray
     generations: np.ndarray
     counts: np.ndarray  # readings since the window (re)started (carry mode's step count)
@@ -41,6 +43,8 @@ class Ready:
             sensors=[sensors[i] for i in idx.tolist()],
             windows=appended.windows,
             truths=appended.truths,
+            lags=appended.lags,
+            lags_known=appended.lags_known,
             slots=appended.slots,
             generations=appended.generations,
             counts=appended.counts,

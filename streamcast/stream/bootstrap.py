@@ -87,7 +87,7 @@ class Bootstrap:
         self.settings = settings
         self.spec = settings.model
         self.registry = registry
-        span = self.spec.num_steps + 1 + self.spec.horizon
+        span = self.spec.span
         training = settings.training
         #: Readings kept per sensor: enough for a chronological validation part of its own.
         self.per_sensor = math.ceil(2 * span / training.validation_fraction)

@@ -25,6 +25,7 @@ from streamcast.ops.metrics import Metrics
 from streamcast.ops.notify import Notifier
 from streamcast.ops.probes import Health, HttpServer
 from streamcast.stream.accuracy import LiveAccuracy
+from streamcast.stream.appended import Appended
 from streamcast.stream.batcher import Batcher, Ready
 from streamcast.stream.clients import close_producer, kafka_chatter_at_debug, startup_deadline
 from streamcast.stream.decoding import decode_records
@@ -37,7 +38,7 @@ from streamcast.stream.serving import Serving
 from streamcast.stream.sink import KafkaSink
 from streamcast.stream.source import KafkaSource
 from streamcast.stream.topics import ensure_output_topics
-from streamcast.stream.windows import Appended, WindowStore
+from streamcast.stream.windows import WindowStore
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +67,7 @@ class Daemon:
         self.stop = stop if stop is not None else threading.Event()
         self.notifier = notifier if notifier is not None else Notifier()
         self.health = Health(heartbeat_timeout_s=settings.http.heartbeat_timeout_s)
-        self.store = WindowStore(
-            settings.window.capacity,
-            self.spec.num_steps,
-            self.spec.num_features,
-            stride=settings.window.stride,
-            gap_factor=settings.window.gap_factor,
-            state_width=self.spec.state_width if self.spec.seeding == "carry" else 0,
-        )
+        self.store = WindowStore.for_settings(settings)
         self.metrics.window_capacity.set(self.store.capacity)
         self.batcher = Batcher(settings.inference.max_batch, settings.inference.max_wait_ms / 1000)
         self.offsets = Offsets()
@@ -172,7 +166,7 @@ class Daemon:
                 s.kafka,
                 decode=lambda records: self.decode(records)[0],
                 num_features=self.spec.num_features,
-                need=s.window.num_steps + 1,
+                need=self.spec.context,
                 gap_factor=s.window.gap_factor,
                 max_records=s.window.rebuild_records,
                 tick=self.heartbeat,

@@ -79,6 +79,15 @@ class BatchInference:
                 f"units={list(stored.units)} but the configuration asks for "
                 f"seeding={self.spec.seeding} units={list(self.spec.units)}"
             )
+        if stored.seasonal_lag and (
+            stored.seasonal_lag != self.spec.seasonal_lag or stored.horizon != self.spec.horizon
+        ):
+            raise ModelMismatchError(
+                f"model version {loaded.version} forecasts from the readings one season of "
+                f"{stored.seasonal_lag} steps before each of its {stored.horizon} steps, but "
+                f"the window store keeps model.seasonal_lag={self.spec.seasonal_lag} "
+                f"(horizon {self.spec.horizon})"
+            )
         # The model's own shape (its units may differ from the config's, which only
         # decide the shape of models trained from now on).
         predictor = Predictor(
@@ -120,7 +129,13 @@ class BatchInference:
         if self.spec.seeding == "carry":
             return self._infer_carried(served.predictor, batch)
         calendar = calendar_inputs(batch.ts, batch.step_s)
-        return served.predictor.predict(batch.windows, batch.truths, calendar=calendar).forecast
+        return served.predictor.predict(
+            batch.windows,
+            batch.truths,
+            calendar=calendar,
+            lags=batch.lags,
+            lags_known=batch.lags_known,
+        ).forecast
 
     def _bisect(
         self, infer: Infer, batch: Ready, rows: np.ndarray
@@ -176,7 +191,13 @@ class BatchInference:
             carry, has_carry = self.store.carried.get(slots, generations, counts, self.stride)
             calendar = calendar_inputs(batch.ts[rows], batch.step_s[rows])
             prediction = predictor.predict(
-                batch.windows[rows], batch.truths[rows], carry, has_carry, calendar
+                batch.windows[rows],
+                batch.truths[rows],
+                carry,
+                has_carry,
+                calendar,
+                lags=batch.lags[rows],
+                lags_known=batch.lags_known[rows],
             )
             self.store.carried.put(slots, generations, counts, prediction.states)
             forecast[rows] = prediction.forecast

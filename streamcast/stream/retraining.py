@@ -69,6 +69,7 @@ class Retraining:
             spec.horizon,
             max_bytes=self.training.replay_bytes,
             gap_factor=settings.window.gap_factor,
+            seasonal_lag=spec.seasonal_lag,
         )
         self.lease = RegistryLease(settings.registry.path, holder_name(), ttl_s=LEASE_TTL_S)
         self.job: RetrainingJob | None = None

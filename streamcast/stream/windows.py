@@ -11,58 +11,22 @@ in order is exactly the same as applying readings one by one in arrival order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
+from streamcast.config import Settings
+from streamcast.stream.appended import Appended, IntArray, concat_appended
 from streamcast.stream.cadence import STEP_ALPHA, STEP_CLIP, on_stride
 from streamcast.stream.capacity import EvictionWarnings
 from streamcast.stream.carry import CarriedStates
-from streamcast.stream.messages import DeadLetter, Readings, RecordLike
+from streamcast.stream.messages import Readings
 from streamcast.stream.slots import SensorSlots
 
 logger = logging.getLogger(__name__)
 
 _MAX_TABLE_LENGTH = 1024  # window gather table: at most 1024 x 1023 int32 (4 MiB)
-
-IntArray = npt.NDArray[np.int64]
-
-
-@dataclass
-class Appended:
-    """What one ``append`` did: rejections, the windows it completed, restarts and evictions."""
-
-    rejected: IntArray
-    reasons: list[str]
-    ready: IntArray
-    windows: npt.NDArray[np.float32]
-    truths: npt.NDArray[np.float32]
-    slots: IntArray
-    generations: IntArray
-    counts: IntArray  # readings in the slot since its window (re)started, this one included
-    step_s: npt.NDArray[np.float64]
-    restarts: int = 0
-    evicted: int = 0
-
-    def __len__(self) -> int:
-        return len(self.ready)
-
-    def accepted(self, n: int) -> npt.NDArray[np.bool_]:
-        """Which of the ``n`` readings given to ``append`` were taken (not rejected)."""
-        keep = np.ones(n, np.bool_)
-        keep[self.rejected] = False
-        return keep
-
-    def dead_letters(self, records: Sequence[RecordLike], readings: Readings) -> list[DeadLetter]:
-        """The rejected readings' records as dead letters (``readings`` decoded from them)."""
-        out = []
-        for i, reason in zip(self.rejected.tolist(), self.reasons, strict=True):
-            record = records[int(readings.record_index[i])]
-            detail = f"ts {float(readings.ts[i])!r} is not newer than the sensor's last reading"
-            out.append(DeadLetter.of(record, reason, detail))
-        return out
 
 
 class WindowStore:
@@ -74,6 +38,10 @@ class WindowStore:
     newer than the sensor's last one are rejected (``duplicate`` / ``out_of_order``);
     a gap longer than ``gap_factor`` x the step estimate restarts the window; a new
     sensor in a full store evicts the sensor touched least recently.
+
+    With a ``seasonal_lag`` P the store keeps max(num_steps + 1, P) readings per sensor
+    and gives every window the reading P steps before each of its ``horizon`` forecast
+    steps; they are known once the sensor has P readings since its window (re)started.
     """
 
     def __init__(
@@ -85,18 +53,24 @@ class WindowStore:
         stride: int = 1,
         gap_factor: float = 3.0,
         state_width: int = 0,
+        seasonal_lag: int = 0,
+        horizon: int = 0,
     ) -> None:
         if capacity < 1 or num_steps < 1 or num_features < 1 or stride < 1:
             raise ValueError("capacity, num_steps, num_features and stride must be >= 1")
         if gap_factor <= 1.0:
             raise ValueError(f"gap_factor {gap_factor} must be > 1")
+        if seasonal_lag and not 1 <= horizon <= seasonal_lag:
+            raise ValueError(f"horizon {horizon} must be in 1..seasonal_lag ({seasonal_lag})")
         self.capacity = capacity
         self.num_steps = num_steps
         self.num_features = num_features
         self.stride = stride
         self.gap_factor = float(gap_factor)
         self.state_width = state_width
-        length = num_steps + 1
+        self.seasonal_lag = seasonal_lag
+        self.horizon = horizon if seasonal_lag else 0
+        length = max(num_steps + 1, seasonal_lag)
         self._length = length
         self._ring = np.zeros((capacity, length, num_features), np.float32)
         self._pos = np.zeros(capacity, np.int32)  # next write position in the ring
@@ -109,10 +83,16 @@ class WindowStore:
         record = np.dtype((np.void, 4 * num_features))
         self._rows: npt.NDArray[np.void] = self._ring.reshape(-1, num_features).view(record)[:, 0]
         self.carried = CarriedStates(self._generation, state_width)
-        # Row p: ring columns of the window when the oldest reading (the truth) is at p.
-        # A lookup table is ~3x faster than wrapping arithmetic; it grows as length**2,
-        # so long windows wrap arithmetically instead.
-        self._after_oldest = np.arange(1, length, dtype=np.int64)
+        # Row p: ring columns of the window when the next write goes to p (the newest
+        # reading is at p - 1, the truth at p - num_steps - 1). A lookup table is ~3x
+        # faster than wrapping arithmetic; it grows as length * num_steps, so long rings
+        # wrap arithmetically instead.
+        self._after_oldest = np.arange(length - num_steps, length, dtype=np.int64)
+        self._truth_offset = length - num_steps - 1
+        # Offsets of the lags from p: the reading P - h before the newest, h = 1..horizon.
+        self._lag_offsets = np.arange(
+            length - seasonal_lag, length - seasonal_lag + self.horizon, dtype=np.int64
+        )
         self._window_cols: npt.NDArray[np.int32] | None = None
         if length <= _MAX_TABLE_LENGTH:
             cols = np.arange(length)[:, None] + self._after_oldest[None, :]
@@ -123,6 +103,21 @@ class WindowStore:
             0 if self._window_cols is None else self._window_cols.nbytes
         )
         self.eviction_warnings = EvictionWarnings(capacity, (self.nbytes - shared) // capacity)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> WindowStore:
+        """The store a daemon (or a backtest) with these settings keeps."""
+        spec = settings.model
+        return cls(
+            settings.window.capacity,
+            spec.num_steps,
+            spec.num_features,
+            stride=settings.window.stride,
+            gap_factor=settings.window.gap_factor,
+            state_width=spec.state_width if spec.seeding == "carry" else 0,
+            seasonal_lag=spec.seasonal_lag,
+            horizon=spec.horizon,
+        )
 
     # -- introspection -------------------------------------------------------------------
 
@@ -158,7 +153,7 @@ class WindowStore:
         slot = self.slots.get(sensor)
         if slot is None:
             raise KeyError(sensor)
-        window, truth = self._gather(np.array([slot], np.int64))
+        window, truth, _, _ = self._gather(np.array([slot], np.int64))
         return window[0], truth[0]
 
     # -- updates -------------------------------------------------------------------------
@@ -185,7 +180,7 @@ class WindowStore:
                 half = n // 2
                 first = self.append(readings.take(np.arange(half)), emit=emit)
                 second = self.append(readings.take(np.arange(half, n)), emit=emit)
-                return _concat(first, second, half)
+                return concat_appended(first, second, half)
             evicted = self._make_room(len(new_names), known)
             claimed = {name: self._claim(name) for name in new_names}
             slots[missing] = [claimed[sensors[i]] for i in miss]
@@ -250,8 +245,11 @@ class WindowStore:
         step_parts: list[npt.NDArray[np.float64]] = []
         window_parts: list[npt.NDArray[np.float32]] = []
         truth_parts: list[npt.NDArray[np.float32]] = []
+        lag_parts: list[npt.NDArray[np.float32]] = []
+        known_parts: list[npt.NDArray[np.bool_]] = []
         restarts = 0
         length = self._length
+        full = self.num_steps + 1
         gap_factor = self.gap_factor
         stride = self.stride
         for r in range(rounds):
@@ -289,7 +287,7 @@ class WindowStore:
             self._count[s] = new_cnt
             self._last_ts[s] = t
             if emit:
-                done = new_cnt >= length
+                done = new_cnt >= full
                 if stride > 1:
                     done &= on_stride(t, new_step, stride)
                 if done.any():
@@ -300,9 +298,11 @@ class WindowStore:
                     count_parts.append(new_cnt[done])
                     step_parts.append(new_step[done])
                     # Gather now: a later round of this batch may overwrite the ring.
-                    window, truth = self._gather(sr, pos[done])
+                    window, truth, lags, known = self._gather(sr, pos[done], new_cnt[done])
                     window_parts.append(window)
                     truth_parts.append(truth)
+                    lag_parts.append(lags)
+                    known_parts.append(known)
 
         self.restarts_total += restarts
         if restarts:
@@ -320,6 +320,7 @@ class WindowStore:
             out.ready, out.slots, out.generations = ready_parts[0], slot_parts[0], gen_parts[0]
             out.counts = count_parts[0]
             out.step_s, out.windows, out.truths = step_parts[0], window_parts[0], truth_parts[0]
+            out.lags, out.lags_known = lag_parts[0], known_parts[0]
         elif ready_parts:
             # Gathered round by round; readers want arrival order.
             ready = np.concatenate(ready_parts)
@@ -331,29 +332,53 @@ class WindowStore:
             out.step_s = np.concatenate(step_parts)[o]
             out.windows = np.concatenate(window_parts)[o]
             out.truths = np.concatenate(truth_parts)[o]
+            out.lags = np.concatenate(lag_parts)[o]
+            out.lags_known = np.concatenate(known_parts)[o]
         return out
 
     def _gather(
-        self, slots: IntArray, pos: npt.NDArray[np.int32] | None = None
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(window (k, num_steps, F), truth (k, F)), oldest first, from the write position on.
+        self,
+        slots: IntArray,
+        pos: npt.NDArray[np.int32] | None = None,
+        counts: IntArray | None = None,
+    ) -> tuple[
+        npt.NDArray[np.float32],
+        npt.NDArray[np.float32],
+        npt.NDArray[np.float32],
+        npt.NDArray[np.bool_],
+    ]:
+        """(window (k, num_steps, F), truth (k, F), lags (k, horizon, F), lags known (k,)),
+        oldest first, for rings whose next write goes to ``pos``.
 
         Rows are taken as opaque F x 4-byte records from a flat view of the ring:
         one 1-D ``take`` is several times faster than 2-D fancy indexing here.
         """
         if pos is None:
             pos = self._pos[slots]
-        base = slots * self._length
+        if counts is None:
+            counts = self._count[slots]
+        length = self._length
+        base = slots * length
         if self._window_cols is not None:
             rows = self._window_cols[pos] + base[:, None]  # (k, num_steps)
         else:
             rows = np.add.outer(pos.astype(np.int64), self._after_oldest)
-            rows[rows >= self._length] -= self._length
+            rows[rows >= length] -= length
             rows += base[:, None]
         k, f = len(slots), self.num_features
         window = self._rows.take(rows.ravel()).view(np.float32).reshape(k, self.num_steps, f)
-        truth = self._rows.take(base + pos).view(np.float32).reshape(k, f)
-        return window, truth
+        at = pos.astype(np.int64) + self._truth_offset
+        at[at >= length] -= length
+        truth = self._rows.take(base + at).view(np.float32).reshape(k, f)
+        known = counts >= self.seasonal_lag if self.seasonal_lag else np.zeros(k, np.bool_)
+        if not self.horizon:
+            return window, truth, np.zeros((k, 0, f), np.float32), known
+        lag_rows = np.add.outer(pos.astype(np.int64), self._lag_offsets)
+        lag_rows[lag_rows >= length] -= length
+        lag_rows += base[:, None]
+        lags = self._rows.take(lag_rows.ravel()).view(np.float32).reshape(k, self.horizon, f)
+        lags[~known] = 0.0  # a ring not yet full holds an earlier sensor's readings
+        return window, truth, lags, known
 
     def _empty(self) -> Appended:
         f = self.num_features
@@ -363,6 +388,8 @@ class WindowStore:
             ready=np.empty(0, np.int64),
             windows=np.empty((0, self.num_steps, f), np.float32),
             truths=np.empty((0, f), np.float32),
+            lags=np.empty((0, self.horizon, f), np.float32),
+            lags_known=np.empty(0, np.bool_),
             slots=np.empty(0, np.int64),
             generations=np.empty(0, np.int64),
             counts=np.empty(0, np.int64),
@@ -384,20 +411,3 @@ class WindowStore:
         """Forget every sensor (e.g. after losing all partitions)."""
         for slot in np.flatnonzero(self.slots.used()).tolist():
             self._release(slot)
-
-
-def _concat(a: Appended, b: Appended, shift: int) -> Appended:
-    """Results of two consecutive appends as one (indices of ``b`` shifted by ``shift``)."""
-    return Appended(
-        rejected=np.concatenate([a.rejected, b.rejected + shift]),
-        reasons=a.reasons + b.reasons,
-        ready=np.concatenate([a.ready, b.ready + shift]),
-        windows=np.concatenate([a.windows, b.windows]),
-        truths=np.concatenate([a.truths, b.truths]),
-        slots=np.concatenate([a.slots, b.slots]),
-        generations=np.concatenate([a.generations, b.generations]),
-        counts=np.concatenate([a.counts, b.counts]),
-        step_s=np.concatenate([a.step_s, b.step_s]),
-        restarts=a.restarts + b.restarts,
-        evicted=a.evicted + b.evicted,
-    )

@@ -70,6 +70,49 @@ def test_split_validates_and_handles_nothing() -> None:
     assert len(empty.held_out) == 0 and empty.train == []
 
 
+def test_held_out_lags_are_read_from_the_readings_before_them() -> None:
+    """With a seasonal lag the held-out examples are the same, and each one's lags are the
+    readings of its own run one period before its target steps: the training part's
+    included (inputs only), another run's never, a missing one making all unknown."""
+    period = 9
+    a = run("a", 0, 100)
+    a.values[72, 1] = np.nan  # in a's training part, read only as a lag
+    segments = [a, run("b", 0, 30), run("b", 200, 12)]
+    split = split_held_out(segments, NUM_STEPS, HORIZON, 0.2, seasonal_lag=period)
+    plain = split_held_out(segments, NUM_STEPS, HORIZON, 0.2)
+    held = split.held_out
+    for name in ("window", "truth", "target", "source", "calendar"):
+        np.testing.assert_array_equal(getattr(held, name), getattr(plain.held_out, name))
+    assert [(s.sensor, len(s.ts)) for s in split.train] == [
+        (s.sensor, len(s.ts)) for s in plain.train
+    ]
+    assert held.lags is not None and held.lags_known is not None
+    assert held.lags.shape == (len(held), HORIZON, 2) and held.lags_known.shape == (len(held), 1)
+    for i in range(len(held)):
+        sensor = split.sensors[held.source[i]]
+        last = float(held.window[i, -1, 0])  # values are their ts
+        (own,) = [s for s in segments if s.sensor == sensor and s.ts[0] <= last <= s.ts[-1]]
+        want = last + np.arange(1, HORIZON + 1) - period
+        rows = (want - own.ts[0]).astype(int)
+        if rows[0] >= 0 and np.isfinite(own.values[rows]).all():
+            assert held.lags_known[i, 0] == 1.0, (sensor, last)
+            np.testing.assert_array_equal(held.lags[i], np.stack([want, 2 * want], axis=1))
+        else:
+            assert held.lags_known[i, 0] == 0.0, (sensor, last)
+            assert np.all(held.lags[i] == 0.0)
+    known = held.lags_known[:, 0] == 1
+    from_a = held.source == split.sensors.index("a")
+    assert np.count_nonzero(from_a & ~known) == 2  # the two whose lags read reading 72
+    trained = {float(v) for s in split.train if s.sensor == "a" for v in s.values[:, 0]}
+    assert {float(v) for v in held.lags[from_a & known, :, 0].ravel()} & trained
+    # b's newest run (ts 200-211): only origins 208 and 209 have a season inside it.
+    from_b = held.source == split.sensors.index("b")
+    assert sorted(held.window[from_b & known, -1, 0].tolist()) == [208.0, 209.0]
+    assert np.count_nonzero(from_b & ~known) == 4
+    empty = split_held_out([], NUM_STEPS, HORIZON, 0.2, seasonal_lag=period)
+    assert empty.held_out.lags is not None and empty.held_out.lags.shape == (0, HORIZON, 1)
+
+
 @pytest.fixture
 def held_out() -> Examples:
     """A sine wave: persistence is poor on it, so a model near the truth beats it."""

@@ -269,3 +269,132 @@ def test_forecasts_keep_their_significant_digits_on_the_wire() -> None:
     decoded = np.asarray(orjson.loads(payload)["values"], np.float64).astype(np.float32)
     np.testing.assert_array_equal(decoded.reshape(-1).view(np.uint32), values.view(np.uint32))
     assert b"21.4" in payload and b"21.39999" not in payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Seasonal lags at the edges of float32: standardised on the window's scale, like the truth.
+
+LAG = 16
+
+
+def _lag_cases() -> dict[str, np.ndarray]:
+    """(horizon, features) lags: the limits, mixed signs, tiny, and zeros."""
+    steps = np.arange(HORIZON, dtype=np.float64)[:, None] * np.ones((1, NUM_FEATURES))
+    alternating = np.where(steps % 2 == 0, 1.0, -1.0)
+    cases = {
+        "+3e38": 3e38 + 0 * steps,
+        "-3e38": -3e38 + 0 * steps,
+        "±3e38": 3e38 * alternating,
+        "±max": FLOAT32_MAX * alternating,
+        "1e-9 wiggle at 0": 1e-9 * np.sin(steps / 2.0 + 1.0),
+        "1e-9 wiggle at 1": 1.0 + 1e-9 * np.sin(steps / 2.0 + 1.0),
+        "zeros": 0 * steps,
+    }
+    return {name: np.asarray(v, np.float32) for name, v in cases.items()}
+
+
+def _lag_model(seeding: str, sd: float = 0.5) -> tuple[keras.Model, object]:
+    """An untrained lag model with fixed random weights everywhere, its lag branch included."""
+    cfg = make_cfg((8, 16), seeding).model_copy(update={"seasonal_lag": LAG})  # type: ignore[arg-type]
+    model = build_forecaster(cfg)
+    rng = np.random.default_rng(12)
+    for w in model.weights:
+        w.assign(rng.normal(0.0, sd, w.shape).astype(np.float32))
+    return model, cfg
+
+
+def _every_pairing() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every hostile window with every hostile lag: (window, truth, lags, known)."""
+    _, windows, truths = _stacked(np.random.default_rng(6))
+    cases = list(_lag_cases().values())
+    w = np.repeat(windows, len(cases), axis=0)
+    t = np.repeat(truths, len(cases), axis=0)
+    lags = np.tile(np.stack(cases), (len(windows), 1, 1))
+    known = np.ones((len(w), 1), np.float32)
+    known[::5] = 0.0  # some rows without a season (their lags are then not read)
+    return w, t, lags, known
+
+
+@pytest.mark.parametrize("seeding", ["truth", "carry"])
+def test_lags_at_any_finite_float32_value_give_finite_forecasts(seeding: str) -> None:
+    model, cfg = _lag_model(seeding)
+    window, truth, lags, known = _every_pairing()
+    n = len(window)
+    with np.errstate(all="ignore"):
+        predictor = Predictor(model, cfg, max_batch=128, jit_compile="off")  # type: ignore[arg-type]
+        carry = np.full((n, 2 * (8 + 16)), 1e6, np.float32) if seeding == "carry" else None
+        out = predictor.predict(window, truth, carry, lags=lags, lags_known=known)
+    assert out.forecast.shape == (n, HORIZON, NUM_FEATURES)
+    assert np.isfinite(out.forecast).all()
+    assert np.isfinite(out.states).all()
+
+
+def test_no_intermediate_overflows_with_lags(check_numerics: None) -> None:
+    """No op of the lag branch (the lags against the window, the blend) passes through
+    inf or NaN, whatever the window and the lags."""
+    model, _ = _lag_model("truth")
+    window, truth, lags, known = _every_pairing()
+    feed = {"window": window, "truth": truth, "lags": lags, "lags_known": known}
+    assert np.isfinite(_np(model(feed))).all()
+
+
+def test_gradients_stay_finite_with_lags_at_the_limits() -> None:
+    """To the weights, the truth and the lags, whatever the lags; to the window, see the
+    next test."""
+    model, _ = _lag_model("truth", sd=0.1)
+    window, truth, lags, known = (tf.constant(a) for a in _every_pairing())
+    with tf.GradientTape() as tape:
+        tape.watch([window, truth, lags])
+        feed = {"window": window, "truth": truth, "lags": lags, "lags_known": known}
+        loss = tf.reduce_mean(tf.abs(model(feed, training=True) / 1e38))
+    grads = tape.gradient(loss, [truth, lags, *model.trainable_weights])
+    assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("far", ["truth", "lags"])
+def test_window_gradients_stay_finite_with_an_input_far_off_its_scale(far: str) -> None:
+    """A flat window at -1e-20 (its std floored at 1e-26) against a reading of 1: the
+    truth or the lags saturate at the clip, and no gradient may pass through inf."""
+    model, _ = _lag_model("truth", sd=0.1)
+    window = tf.constant(np.full((1, NUM_STEPS, NUM_FEATURES), -1e-20, np.float32))
+    near = np.full((1, NUM_FEATURES), -1e-20, np.float32)
+    truth = tf.constant(np.ones_like(near) if far == "truth" else near)
+    lags = tf.constant(
+        np.full((1, HORIZON, NUM_FEATURES), 1.0 if far == "lags" else -1e-20, np.float32)
+    )
+    known = tf.ones((1, 1))
+    feed = {"window": window, "truth": truth, "lags": lags, "lags_known": known}
+    with tf.GradientTape() as tape:
+        tape.watch(window)
+        loss = tf.reduce_mean(tf.abs(model(feed, training=True)))
+    assert np.isfinite(tape.gradient(loss, window).numpy()).all()
+
+
+@pytest.mark.parametrize(("a", "b"), [(1e-9, 0.0), (1e-9, 1e-7), (1e3, -1e6), (1e20, 0.0)])
+def test_lags_move_with_the_sensor_level_and_scale(a: float, b: float) -> None:
+    """forecast(a x + b) == a forecast(x) + b with the lags moved alike: a 1e-9 signal's
+    season is read as well as a unit one's, not floored flat."""
+    model, _ = _lag_model("truth")
+    rng = np.random.default_rng(1)
+    series = seasonal(6, LAG + 1 + NUM_STEPS, rng).astype(np.float64)
+    window, truth = split(series, LAG)
+    rows = LAG + NUM_STEPS + np.arange(1, HORIZON + 1) - LAG
+    lags = series[:, rows] + 0.3 * rng.standard_normal((6, HORIZON, NUM_FEATURES))
+    known = np.ones((6, 1), np.float32)
+
+    def run(x: float, y: float, lag_input: np.ndarray) -> np.ndarray:
+        feed = {
+            "window": (x * window + y).astype(np.float32),
+            "truth": (x * truth + y).astype(np.float32),
+            "lags": (x * lag_input + y).astype(np.float32),
+            "lags_known": known,
+        }
+        return _np(model(feed)).astype(np.float64)
+
+    base, moved = run(1.0, 0.0, lags), run(a, b, lags)
+    size = a * np.maximum(np.abs(window).max(axis=(1, 2)), np.abs(base).max(axis=(1, 2))) + abs(b)
+    error = np.abs(moved - (a * base + b)).max(axis=(1, 2)) / (EPS * size)
+    assert error.max() <= 16, error
+    # Other lags, another forecast, at this scale too.
+    other = run(a, b, lags[::-1])
+    assert np.abs(other - moved).max() > 1e-3 * a

@@ -25,6 +25,7 @@ from streamcast.model import (
 from streamcast.model.predictor import Predictor
 
 from .conftest import HORIZON, NUM_STEPS, UNIT_STACKS, make_cfg, seasonal, split
+from .test_lags import LAG, lags_at, live_lags
 
 ATOL = 1e-5
 # Zeros mode is left out: its twin starts from zero states, as the model itself does, so
@@ -54,30 +55,48 @@ def numpy_lstm(
     return h, c
 
 
-@pytest.mark.parametrize("units", UNIT_STACKS, ids=lambda u: "x".join(map(str, u)))
-@pytest.mark.parametrize("mode", SEEDED_MODES)
+@pytest.mark.parametrize(
+    ("units", "mode", "lag"),
+    [
+        *(
+            pytest.param(u, m, 0, id=f"{m}-{'x'.join(map(str, u))}")
+            for m in SEEDED_MODES
+            for u in UNIT_STACKS
+        ),
+        pytest.param((8, 8), "carry", LAG, id="carry-8x8-lags"),
+    ],
+)
 def test_fast_path_matches_stateful_twin(
-    units: tuple[int, ...], mode: Seeding, rng: np.random.Generator
+    units: tuple[int, ...], mode: Seeding, lag: int, rng: np.random.Generator
 ) -> None:
-    cfg = make_cfg(units, mode)
+    cfg = make_cfg(units, mode).model_copy(update={"seasonal_lag": lag})
     model = build_forecaster(cfg)
     n = 6
-    window, truth = split(seasonal(n, NUM_STEPS + 1, rng))
+    if lag:  # windows with a season behind them; its branch made to count
+        live_lags(model, rng)
+        series = seasonal(n, LAG + 1 + NUM_STEPS, rng)
+        window, truth = split(series, LAG)
+        lags = lags_at(series, LAG + NUM_STEPS)
+        known = np.array([[1], [1], [0], [1], [0], [1]], np.float32)
+        extra = {"lags": lags * known[:, :, None], "lags_known": known}
+    else:
+        window, truth = split(seasonal(n, NUM_STEPS + 1, rng))
+        extra = {}
     predictor = Predictor(model, cfg, max_batch=8)  # n=6 runs padded in bucket 8
 
     if mode == "carry":
         carry = (0.5 * rng.standard_normal((n, cfg.state_width))).astype(np.float32)
         has_carry = np.array([True, False, True, True, False, True])
-        fast = predictor.predict(window, truth, carry, has_carry)
+        fast = predictor.predict(window, truth, carry, has_carry, **extra)
         seeded = flatten_states(seed_states(model, window, truth))
         states = split_states(np.where(has_carry[:, None], carry, seeded), cfg)
     else:
-        fast = predictor.predict(window, truth)
+        fast = predictor.predict(window, truth, **extra)
         states = seed_states(model, window, truth)
 
     twin = build_stateful_twin(model, cfg, n)
     assign_states(twin, states)
-    slow = np.asarray(twin(window, training=False))
+    slow = np.asarray(twin({"window": window, **extra} if extra else window, training=False))
 
     assert fast.forecast.shape == (n, cfg.horizon, cfg.num_features)
     np.testing.assert_allclose(fast.forecast, slow, rtol=0, atol=ATOL)
@@ -144,23 +163,44 @@ def test_lstm_gate_order_by_hand() -> None:
 
 
 @pytest.mark.parametrize(
-    ("num_steps", "stride"),
-    [(NUM_STEPS, 1), (NUM_STEPS, 5), (NUM_STEPS, NUM_STEPS), (96, 1), (96, 96)],
+    ("num_steps", "stride", "lag"),
+    [
+        pytest.param(NUM_STEPS, 1, 0, id="12-1"),
+        pytest.param(NUM_STEPS, 5, 0, id="12-5"),
+        pytest.param(NUM_STEPS, NUM_STEPS, 0, id="12-12"),
+        pytest.param(96, 1, 0, id="96-1"),
+        pytest.param(96, 96, 0, id="96-96"),
+        pytest.param(NUM_STEPS, 5, LAG, id="12-5-lags"),
+    ],
 )
 def test_carry_continues_like_the_stateful_twin(
-    rng: np.random.Generator, num_steps: int, stride: int
+    rng: np.random.Generator, num_steps: int, stride: int, lag: int
 ) -> None:
     """Each window moves on by ``stride`` readings and its states continue from the last
     window's, stepping only the new readings: what a ``stateful=True`` twin does when it
     runs those readings from the states the previous call left (``assign_states`` hands
-    the seeded first window's states from a whole-window twin to the stepping one)."""
-    cfg = make_cfg((8, 16), "carry").model_copy(update={"num_steps": num_steps})
+    the seeded first window's states from a whole-window twin to the stepping one).
+    With seasonal lags, each window also gets its own."""
+    cfg = make_cfg((8, 16), "carry").model_copy(
+        update={"num_steps": num_steps, "seasonal_lag": lag}
+    )
     model = build_forecaster(cfg)
+    if lag:
+        live_lags(model, rng)
     n, windows = 4, 6
-    series = seasonal(n, num_steps + 1 + (windows - 1) * stride, rng)
+    lead = max(0, lag - num_steps - 1)  # readings before the first window, for its lags
+    series = seasonal(n, lead + num_steps + 1 + (windows - 1) * stride, rng)
+    extra: dict[str, np.ndarray] = {}
 
     def split_at(start: int) -> tuple[np.ndarray, np.ndarray]:
+        start += lead
+        if lag:
+            extra["lags"] = lags_at(series, start + num_steps)
+            extra["lags_known"] = np.ones((n, 1), np.float32)
         return series[:, start + 1 : start + 1 + num_steps], series[:, start]
+
+    def twin_input(w: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        return {"window": w, **extra} if lag else w
 
     predictor = Predictor(model, cfg, max_batch=4, carried_steps=stride)
     assert predictor.carried_steps == stride
@@ -171,52 +211,83 @@ def test_carry_continues_like_the_stateful_twin(
     stepping = build_stateful_twin(model, cfg, n, steps=stride)
     w, t = split_at(0)
     assign_states(whole, seed_states(model, w, t))
-    out = predictor.predict(w, t)
-    np.testing.assert_allclose(out.forecast, whole(w, training=False), rtol=0, atol=ATOL)
+    out = predictor.predict(w, t, **extra)
+    np.testing.assert_allclose(out.forecast, whole(twin_input(w), training=False), atol=ATOL)
     assign_states(stepping, read_states(whole))
     for j in range(1, windows):
         w, t = split_at(j * stride)
         previous = out.states
-        out = predictor.predict(w, t, carry=previous)
-        np.testing.assert_allclose(out.forecast, stepping(w, training=False), rtol=0, atol=ATOL)
+        out = predictor.predict(w, t, carry=previous, **extra)
+        slow = stepping(twin_input(w), training=False)
+        np.testing.assert_allclose(out.forecast, slow, rtol=0, atol=ATOL)
         np.testing.assert_allclose(out.states, flatten_states(read_states(stepping)), atol=ATOL)
     # Seeded afresh, the last window ends elsewhere (an untrained model forgets a state
     # within 96 steps: there, one window's worth of steps from it says nothing).
-    cold = predictor.predict(w, t)
+    cold = predictor.predict(w, t, **extra)
     if stride < 96:
         assert np.abs(out.states - cold.states).max() > 1e-3
     # The carried state is the sequence's: the last window's new readings, stepped from
     # the state before them, give it; stepping the whole window again would not.
     if stride < num_steps:
         again = Predictor(model, cfg, max_batch=4, carried_steps=num_steps)
-        twice = again.predict(w, t, carry=previous)
+        twice = again.predict(w, t, carry=previous, **extra)
         assert np.abs(twice.states - out.states).max() > 1e-3
+    if lag:  # the lags reach the carried forecast
+        blind = predictor.predict(
+            w, t, carry=previous, lags=0 * extra["lags"], lags_known=0 * extra["lags_known"]
+        )
+        assert np.abs(blind.forecast - out.forecast).max() > 1e-3
 
 
-@pytest.mark.parametrize("calendar", [False, True])
-def test_the_chain_trained_is_the_chain_served(rng: np.random.Generator, calendar: bool) -> None:
+@pytest.mark.parametrize(
+    ("calendar", "lag"),
+    [(False, 0), (True, 0), (False, LAG), (True, LAG)],
+    ids=["plain", "calendar", "lags", "calendar-lags"],
+)
+def test_the_chain_trained_is_the_chain_served(
+    rng: np.random.Generator, calendar: bool, lag: int
+) -> None:
     """The training graph of carry mode forecasts each link of a chain exactly as the
-    daemon's predictor does when it seeds the first window and steps each later one."""
-    cfg = make_cfg((8, 16), "carry").model_copy(update={"calendar": calendar})
+    daemon's predictor does when it seeds the first window and steps each later one;
+    each link with its own calendar and seasonal lags, where the model has them."""
+    cfg = make_cfg((8, 16), "carry").model_copy(update={"calendar": calendar, "seasonal_lag": lag})
     model = build_forecaster(cfg)
     if calendar:  # the calendar's output layer starts at zero: make it count
         out_layer = model.get_layer("calendar_out")
         out_layer.set_weights([rng.normal(0, 0.5, w.shape) for w in out_layer.get_weights()])
+    if lag:
+        live_lags(model, rng)
     n, links = 3, 7
-    series = seasonal(n, NUM_STEPS + links, rng)
-    windows = np.stack([series[:, j + 1 : j + 1 + NUM_STEPS] for j in range(links)], axis=1)
-    truth = series[:, 0]
+    lead = max(0, lag - NUM_STEPS - 1)  # readings before the first window, for its lags
+    series = seasonal(n, lead + NUM_STEPS + links, rng)
+    windows = np.stack(
+        [series[:, lead + j + 1 : lead + j + 1 + NUM_STEPS] for j in range(links)], axis=1
+    )
+    truth = series[:, lead]
     cal = rng.uniform(0, 1, (n, links, 3)).astype(np.float32)
-    feed = {"windows": windows, "truth": truth} | ({"calendar": cal} if calendar else {})
+    extra: dict[str, np.ndarray] = {"calendar": cal} if calendar else {}
+    if lag:
+        lags = np.stack([lags_at(series, lead + j + NUM_STEPS) for j in range(links)], axis=1)
+        known = np.ones((n, links, 1), np.float32)
+        known[1, :3] = 0.0  # a sensor whose first links have no season behind them yet
+        extra |= {"lags": lags * known[..., None], "lags_known": known}
+    feed = {"windows": windows, "truth": truth} | extra
     trained = np.asarray(build_chain_trainer(model, cfg, links)(feed, training=False))
     assert trained.shape == (n, links, HORIZON, 2)
 
+    def link(j: int) -> dict[str, np.ndarray]:
+        return {name: value[:, j] for name, value in extra.items()}
+
     predictor = Predictor(model, cfg, max_batch=4, carried_steps=1)
-    out = predictor.predict(windows[:, 0], truth, calendar=cal[:, 0])
+    out = predictor.predict(windows[:, 0], truth, **link(0))
     np.testing.assert_allclose(trained[:, 0], out.forecast, rtol=0, atol=ATOL)
     for j in range(1, links):
-        out = predictor.predict(windows[:, j], series[:, j], carry=out.states, calendar=cal[:, j])
+        out = predictor.predict(windows[:, j], series[:, lead + j], carry=out.states, **link(j))
         np.testing.assert_allclose(trained[:, j], out.forecast, rtol=0, atol=ATOL)
+    if lag:  # the chain's lag path carries weight too
+        feed["lags_known"] = np.zeros_like(known)
+        blind = np.asarray(build_chain_trainer(model, cfg, links)(feed, training=False))
+        assert np.abs(blind - trained).max() > 1e-3
 
 
 def test_save_load_round_trip_is_identical(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -195,3 +195,113 @@ def test_a_sensor_filter_and_bad_arguments(tmp_path) -> None:  # type: ignore[no
         run_backtest(data, loaded, sensors=["zz"])
     with pytest.raises(ValueError, match="season 9"):
         run_backtest(data, loaded, season=9)
+
+
+LAG = 12  # seasonal_lag of the lag models: longer than the window and its truth
+
+
+def _lag_model(tmp_path, seeding: str = "truth") -> LoadedModel:  # type: ignore[no-untyped-def]
+    """A model that reads its lags: the lag branch's output layer starts at zero, so it is
+    given random weights (its hidden layer already has them)."""
+    from streamcast.model import build_forecaster
+    from streamcast.model.runtime import keras
+
+    keras.utils.set_random_seed(11)
+    spec = ModelSpec(
+        num_steps=STEPS, horizon=H, units=(8,), seasonal_lag=LAG, dropout=0.0, seeding=seeding
+    )
+    model = build_forecaster(spec)
+    out = model.get_layer("lag_out")
+    rng = np.random.default_rng(12)
+    out.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in out.get_weights()])
+    registry = ModelRegistry(tmp_path / f"registry-lag-{seeding}")
+    registry.save(model, spec)
+    return registry.load()
+
+
+def _inputs(values: np.ndarray, last: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's inputs for the windows ending at ``last``, straight from the series."""
+    from streamcast.learn.examples import seasonal_lags
+
+    lags, known = seasonal_lags(values, last, H, LAG)
+    return {
+        "window": np.stack([values[i - STEPS + 1 : i + 1] for i in last]).astype(np.float32),
+        "truth": values[last - STEPS].astype(np.float32),
+        "lags": lags,
+        "lags_known": known,
+    }
+
+
+def test_a_seasonal_lag_model_is_given_each_windows_lags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded = _lag_model(tmp_path)
+    data = {"a": _series(40, 7), "b": _series(31, 8, t0=1_700_000_030.0)}
+    done: list[Forecasts] = []
+    report = run_backtest(
+        data, loaded, stride=1, max_batch=16, jit_compile="off", on_forecasts=_collect(done)
+    )
+    got = _by_key(done)
+    assert len(got) == report.forecasts == sum(len(ts) - STEPS for ts, _ in data.values())
+    known_rows = 0
+    for name, (ts, values) in data.items():
+        last = np.arange(STEPS, len(ts))  # a window needs STEPS readings and the truth
+        inputs = _inputs(values, last)
+        forecast = np.stack([got[(name, float(ts[i]))] for i in last])
+        want = loaded.model.predict(inputs, verbose=0)
+        np.testing.assert_allclose(forecast, want, rtol=1e-5, atol=1e-5)
+        # The lags and whether they are known both move the forecast: a backtest that
+        # dropped them, or misjudged which are known, would not have matched.
+        known = inputs["lags_known"][:, 0] == 1.0
+        assert known[LAG - 1 - STEPS :].all() and not known[: LAG - 1 - STEPS].any()
+        known_rows += int(known.sum())
+        zeroed = loaded.model.predict({**inputs, "lags": np.zeros_like(inputs["lags"])}, verbose=0)
+        assert (np.abs(forecast - zeroed).max(axis=(1, 2))[known] > 1e-3).all()
+        flipped = loaded.model.predict(
+            {**inputs, "lags_known": 1 - inputs["lags_known"]}, verbose=0
+        )
+        assert (np.abs(forecast - flipped).max(axis=(1, 2)) > 1e-3).all()
+    assert 0 < known_rows < len(got)
+
+
+def test_a_seasonal_lag_model_in_carry_mode_gets_its_lags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Window after window, the backtest's carried forecasts are the predictor's, stepped
+    one reading at a time from the states of the window before, with the series' lags."""
+    from streamcast.model.predictor import Predictor
+
+    loaded = _lag_model(tmp_path, "carry")
+    ts, values = _series(30, 9)
+    done: list[Forecasts] = []
+    run_backtest(
+        {"a": (ts, values)},
+        loaded,
+        stride=1,
+        max_batch=8,
+        jit_compile="off",
+        on_forecasts=_collect(done),
+    )
+    got = _by_key(done)
+    last = np.arange(STEPS, len(ts))
+    assert sorted(t for _, t in got) == ts[last].tolist()
+    inputs = _inputs(values, last)
+    predictor = Predictor(loaded.model, loaded.cfg, max_batch=8, jit_compile="off", carried_steps=1)
+
+    def chain(lags: np.ndarray) -> np.ndarray:
+        out, states = [], None
+        for k in range(len(last)):
+            one = {name: a[k : k + 1] for name, a in inputs.items()}
+            p = predictor.predict(
+                one["window"],
+                one["truth"],
+                carry=states,
+                lags=lags[k : k + 1],
+                lags_known=one["lags_known"],
+            )
+            out.append(p.forecast[0])
+            states = p.states
+        return np.stack(out)
+
+    forecast = np.stack([got[("a", float(ts[i]))] for i in last])
+    np.testing.assert_allclose(forecast, chain(inputs["lags"]), rtol=1e-5, atol=1e-5)
+    known = inputs["lags_known"][:, 0] == 1.0
+    assert known.any() and not known.all()
+    zeroed = chain(np.zeros_like(inputs["lags"]))
+    assert (np.abs(forecast - zeroed).max(axis=(1, 2))[known] > 1e-3).all()

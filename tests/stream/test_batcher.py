@@ -10,12 +10,22 @@ from hypothesis import strategies as st
 from streamcast.stream.batcher import Batcher, Ready
 
 
-def _ready(partitions: list[int], offsets: list[int]) -> Ready:
+def _lags(offsets: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lags and whether they are known, told apart by the row's offset."""
+    lags = offsets[:, None, None] + 0.25 * np.arange(horizon)[:, None] + 0.125 * np.arange(2)
+    return lags.astype(np.float32), offsets % 3 != 0
+
+
+def _ready(partitions: list[int], offsets: list[int], horizon: int = 0) -> Ready:
+    """Rows without a season, or with ``horizon`` lags (``_lags``)."""
     n = len(offsets)
+    lags, known = _lags(np.asarray(offsets, np.int64), horizon)
     return Ready(
         sensors=[f"s{i}" for i in range(n)],
         windows=np.zeros((n, 4, 2), np.float32),
         truths=np.zeros((n, 2), np.float32),
+        lags=lags,  # (n, 0, 2) without a season
+        lags_known=known if horizon else np.zeros(n, np.bool_),
         slots=np.arange(n),
         generations=np.zeros(n, np.int64),
         counts=np.zeros(n, np.int64),
@@ -58,6 +68,23 @@ def test_rows_of_revoked_partitions_are_dropped() -> None:
     batch = b.take(now=0.0)
     assert batch.partitions.tolist() == [0, 2]
     assert batch.sensors == ["s0", "s2"]
+
+
+def test_lags_travel_with_their_rows() -> None:
+    b = Batcher(max_batch=2, max_wait_s=10.0)
+    b.add(_ready([0, 1, 0, 1, 0], [1, 2, 3, 4, 5], horizon=3), now=0.0)
+    b.add(_ready([1, 0, 0], [6, 7, 9], horizon=3), now=0.0)
+    b.drop_partitions({1})  # rows are selected
+    taken = [b.take(now=1.0) for _ in range(3)]  # parts are split and joined
+    assert [t.offsets.tolist() for t in taken] == [[1, 3], [5, 7], [9]]
+    for t in taken:
+        lags, known = _lags(t.offsets, 3)
+        assert t.lags.shape == (len(t), 3, 2) and t.lags_known.dtype == np.bool_
+        np.testing.assert_array_equal(t.lags, lags)
+        np.testing.assert_array_equal(t.lags_known, known)
+    assert [t.lags_known.tolist() for t in taken] == [[True, False], [True, True], [False]]
+    plain = Ready.concat([_ready([0], [1]), _ready([0, 0], [2, 3])])
+    assert plain.lags.shape == (3, 0, 2) and not plain.lags_known.any()
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamcast.stream.appended import Appended
 from streamcast.stream.cadence import on_stride
 from streamcast.stream.messages import Readings
-from streamcast.stream.windows import Appended, WindowStore
+from streamcast.stream.windows import WindowStore
 
 F = 2
 
@@ -41,17 +42,37 @@ class RefSensor:
     last_ts: float = -math.inf
     step: float = 0.0
     count: int = 0
+    since: list[int] = field(default_factory=list)  # batch indices since the (re)start
+
+
+@dataclass
+class RefWindow:
+    index: int
+    window: np.ndarray
+    truth: np.ndarray
+    lags: np.ndarray  # (horizon, F), or (0, F) without a season
+    known: bool
 
 
 def reference(
-    batch: Readings, num_steps: int, stride: int = 1, gap_factor: float = 3.0
-) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[tuple[int, str]], int]:
-    """(index, window, truth) per ready reading, (index, reason) per rejection, restarts."""
+    batch: Readings,
+    num_steps: int,
+    stride: int = 1,
+    gap_factor: float = 3.0,
+    seasonal_lag: int = 0,
+    horizon: int = 0,
+) -> tuple[list[RefWindow], list[tuple[int, str]], int]:
+    """A window per ready reading, (index, reason) per rejection, restarts.
+
+    With ``seasonal_lag`` P a window's lags are the sensor's own readings since its
+    (re)start P - h before the newest, h = 1..horizon, known once it has P of them.
+    """
     state: dict[str, RefSensor] = {}
     ready = []
     rejected = []
     restarts = 0
     length = num_steps + 1
+    width = horizon if seasonal_lag else 0
     for i, name in enumerate(batch.sensors):
         s = state.setdefault(name, RefSensor())
         t = float(batch.ts[i])
@@ -62,6 +83,7 @@ def reference(
         if s.count >= 2 and diff > gap_factor * s.step:
             s.count = 0
             s.rows = []
+            s.since = []
             restarts += 1
         elif s.count == 1:
             s.step = diff
@@ -70,27 +92,47 @@ def reference(
             s.step = s.step + 0.1 * (clipped - s.step)
         s.rows.append(batch.values[i])
         s.rows = s.rows[-length:]
+        s.since.append(i)
         s.count += 1
         s.last_ts = t
         on = stride == 1 or bool(on_stride(np.array([t]), np.array([s.step]), stride)[0])
         if s.count >= length and on:
-            ready.append((i, np.stack(s.rows[1:]), s.rows[0]))
+            known = bool(seasonal_lag) and len(s.since) >= seasonal_lag
+            lags = np.zeros((width, F), np.float32)
+            if known:
+                last = len(s.since) - 1
+                at = [s.since[last + h - seasonal_lag] for h in range(1, horizon + 1)]
+                lags = batch.values[at]
+            ready.append(RefWindow(i, np.stack(s.rows[1:]), s.rows[0], lags, known))
     return ready, rejected, restarts
 
 
 def check_against_reference(
-    out: Appended, batch: Readings, num_steps: int, stride: int = 1, gap_factor: float = 3.0
+    out: Appended,
+    batch: Readings,
+    num_steps: int,
+    stride: int = 1,
+    gap_factor: float = 3.0,
+    seasonal_lag: int = 0,
+    horizon: int = 0,
 ) -> None:
-    ready, rejected, restarts = reference(batch, num_steps, stride, gap_factor)
-    assert out.ready.tolist() == [i for i, _, _ in ready]
+    ready, rejected, restarts = reference(
+        batch, num_steps, stride, gap_factor, seasonal_lag, horizon
+    )
+    assert out.ready.tolist() == [w.index for w in ready]
     assert out.rejected.tolist() == [i for i, _ in rejected]
     assert out.reasons == [r for _, r in rejected]
     assert out.restarts == restarts
     assert out.windows.shape == (len(ready), num_steps, F)
     assert out.truths.shape == (len(ready), F)
-    for k, (_, window, truth) in enumerate(ready):
-        np.testing.assert_array_equal(out.windows[k], window)
-        np.testing.assert_array_equal(out.truths[k], truth)
+    assert out.lags.shape == (len(ready), horizon if seasonal_lag else 0, F)
+    assert out.lags.dtype == np.float32
+    assert out.lags_known.shape == (len(ready),) and out.lags_known.dtype == np.bool_
+    assert out.lags_known.tolist() == [w.known for w in ready]
+    for k, w in enumerate(ready):
+        np.testing.assert_array_equal(out.windows[k], w.window)
+        np.testing.assert_array_equal(out.truths[k], w.truth)
+        np.testing.assert_array_equal(out.lags[k], w.lags, err_msg=f"window {k}")
 
 
 def concat_appends(
@@ -109,6 +151,8 @@ def concat_appends(
         ready=np.concatenate([p.ready for p in parts]),
         windows=np.concatenate([p.windows for p in parts]),
         truths=np.concatenate([p.truths for p in parts]),
+        lags=np.concatenate([p.lags for p in parts]),
+        lags_known=np.concatenate([p.lags_known for p in parts]),
         slots=np.concatenate([p.slots for p in parts]),
         generations=np.concatenate([p.generations for p in parts]),
         counts=np.concatenate([p.counts for p in parts]),
@@ -356,9 +400,10 @@ series_strategy = st.lists(
     series=series_strategy,
     cuts=st.lists(st.integers(0, 120), max_size=4),
     stride=st.sampled_from([1, 2, 3]),
+    season=st.sampled_from([(0, 0), (2, 2), (4, 2), (7, 3)]),  # (seasonal_lag, horizon)
 )
 def test_interleavings_match_per_sensor_reference(
-    series: list[tuple[int, float]], cuts: list[int], stride: int
+    series: list[tuple[int, float]], cuts: list[int], stride: int, season: tuple[int, int]
 ) -> None:
     clocks = [100.0] * 4
     names, ts = [], []
@@ -368,9 +413,10 @@ def test_interleavings_match_per_sensor_reference(
         ts.append(clocks[sensor])
     values = np.stack([np.arange(len(ts)), np.asarray(ts)], axis=1)
     batch = readings(names, ts, values)
-    store = WindowStore(4, 3, F, stride=stride)
+    lag, horizon = season
+    store = WindowStore(4, 3, F, stride=stride, seasonal_lag=lag, horizon=horizon)
     out = concat_appends(store, batch, [c for c in cuts if c <= len(batch)])
-    check_against_reference(out, batch, 3, stride)
+    check_against_reference(out, batch, 3, stride, seasonal_lag=lag, horizon=horizon)
     assert out.evicted == 0
 
 
@@ -405,3 +451,251 @@ def test_the_grid_step_absorbs_the_estimates_drift(estimate: float, grid: float)
     from streamcast.stream.cadence import grid_step
 
     assert grid_step(np.array([estimate]))[0] == pytest.approx(grid)
+
+
+# -- seasonal lags ---------------------------------------------------------------------
+
+
+def lags_of(
+    series: np.ndarray, last: npt.ArrayLike, horizon: int, period: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each index ``last`` of a sensor's series since its (re)start: its readings
+    ``period - h`` before, h = 1..horizon, and whether all lie in the series (else zeros)."""
+    last = np.asarray(last, np.int64)
+    lags = np.zeros((len(last), horizon, series.shape[1]), np.float32)
+    known = last + 1 >= period
+    for k in np.flatnonzero(known):
+        lags[k] = series[last[k] + 1 - period : last[k] + 1 - period + horizon]
+    return lags, known
+
+
+def interleaved(
+    rng: np.random.Generator, per_sensor: int, steps: tuple[float, ...]
+) -> tuple[Readings, list[int]]:
+    """Sensors with their own steps, arriving interleaved in random order, cut into polls
+    of assorted sizes (several readings of a sensor in most): (readings, cuts)."""
+    order = rng.permutation(np.repeat(np.arange(len(steps)), per_sensor))
+    seen = np.zeros(len(steps), np.int64)
+    names, ts = [], []
+    for j in order.tolist():
+        names.append(f"s{j}")
+        ts.append(1_000.0 + j + steps[j] * seen[j])
+        seen[j] += 1
+    values = rng.normal(size=(len(ts), F)) * 10
+    cuts = np.cumsum(rng.integers(1, 40, size=len(ts)))
+    return readings(names, ts, values), [int(c) for c in cuts if c < len(ts)]
+
+
+@pytest.mark.parametrize(
+    ("num_steps", "horizon", "lag", "stride"),
+    [
+        (5, 3, 9, 1),  # the ring grows to the season
+        (5, 3, 4, 1),  # a season inside the window: the ring stays num_steps + 1
+        (5, 3, 6, 1),  # exactly num_steps + 1
+        (5, 3, 3, 1),  # the season is the horizon: the last lag is the newest reading
+        (5, 3, 9, 2),
+        (5, 4, 1_030, 1),  # a ring too long for the gather table
+    ],
+)
+def test_seasonal_lags_in_polls_of_assorted_sizes(
+    num_steps: int, horizon: int, lag: int, stride: int
+) -> None:
+    rng = np.random.default_rng(lag + stride)
+    per = max(3 * lag, 40) if lag < 100 else lag + 60
+    batch, cuts = interleaved(rng, per, (10.0, 15.0, 60.0, 7.0))
+    seasonal = WindowStore(4, num_steps, F, stride=stride, seasonal_lag=lag, horizon=horizon)
+    plain = WindowStore(4, num_steps, F, stride=stride)
+    out = concat_appends(seasonal, batch, cuts)
+    check_against_reference(out, batch, num_steps, stride, seasonal_lag=lag, horizon=horizon)
+    assert out.restarts == 0 and out.evicted == 0
+    # Known exactly when the sensor has a season of readings since it started.
+    np.testing.assert_array_equal(out.lags_known, out.counts >= lag)
+    if lag > num_steps + 1:  # the first windows come before a season of readings
+        assert 0 < out.lags_known.sum() < len(out)
+    else:
+        assert out.lags_known.all()
+    assert not out.lags[~out.lags_known].any()
+    # The season changes nothing else.
+    base = concat_appends(plain, batch, cuts)
+    for name in ("ready", "windows", "truths", "slots", "generations", "counts", "step_s"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(base, name), err_msg=name)
+    assert base.lags.shape == (len(base), 0, F) and not base.lags_known.any()
+    # Per sensor, against its own series (no restarts: the series is the segment).
+    for j in range(4):
+        mine = np.flatnonzero(np.asarray(batch.sensors) == f"s{j}")
+        rows = np.flatnonzero(np.isin(out.ready, mine))
+        last = np.searchsorted(mine, out.ready[rows])
+        lags, known = lags_of(batch.values[mine], last, horizon, lag)
+        np.testing.assert_array_equal(out.lags[rows], lags)
+        np.testing.assert_array_equal(out.lags_known[rows], known)
+
+
+def test_a_gap_makes_the_lags_unknown_until_a_season_of_new_readings() -> None:
+    num_steps, horizon, lag = 4, 2, 7
+    rng = np.random.default_rng(11)
+    a_ts = [10.0 * i for i in range(20)] + [1_190.0 + 10.0 * i for i in range(14)]
+    b_ts = [10.0 * i + 3.0 for i in range(34)]  # steady all along
+    names = ["a"] * len(a_ts) + ["b"] * len(b_ts)
+    ts = np.array(a_ts + b_ts)
+    order = np.argsort(ts, kind="stable")
+    values = rng.normal(size=(len(ts), F)).astype(np.float32) + 50
+    batch = readings([names[i] for i in order], ts[order].tolist(), values[order])
+    store = WindowStore(2, num_steps, F, gap_factor=3.0, seasonal_lag=lag, horizon=horizon)
+    out = concat_appends(store, batch, [5, 9, 30, 31, 44, 50, 63])
+    assert out.restarts == 1
+    check_against_reference(out, batch, num_steps, seasonal_lag=lag, horizon=horizon)
+    is_a = np.asarray(batch.sensors) == "a"
+    mine = np.flatnonzero(is_a)
+    after = mine[20:]  # a's readings since the gap
+    rows = np.flatnonzero(np.isin(out.ready, after))
+    last = np.searchsorted(after, out.ready[rows])
+    assert last.tolist() == list(range(num_steps, 14))  # a whole window again first
+    lags, known = lags_of(batch.values[after], last, horizon, lag)
+    assert known.tolist() == [n + 1 >= lag for n in last.tolist()]
+    np.testing.assert_array_equal(out.lags_known[rows], known)
+    np.testing.assert_array_equal(out.lags[rows], lags)
+    # Just before the gap a's lags were known; b's stay known throughout.
+    before = np.flatnonzero(np.isin(out.ready, mine[:20]))
+    assert out.lags_known[before][-1]
+    b_rows = np.flatnonzero(np.isin(out.ready, np.flatnonzero(~is_a)))
+    assert out.lags_known[b_rows][lag - 1 - num_steps :].all()
+
+
+@pytest.mark.parametrize("leaves", ["evicted", "dropped"])
+def test_a_returning_sensor_starts_with_unknown_lags_not_stale_readings(leaves: str) -> None:
+    num_steps, horizon, lag = 3, 2, 8
+    store = WindowStore(1, num_steps, F, seasonal_lag=lag, horizon=horizon)
+
+    def feed(name: str, first: int, n: int, part: int) -> tuple[Appended, np.ndarray]:
+        ts = [10.0 * i for i in range(first, first + n)]
+        values = np.stack([np.arange(first, first + n) + 100.0 * (name == "a") + 1.0] * F, 1)
+        return store.append(readings([name] * n, ts, values, partition=part)), values
+
+    first, _ = feed("a", 0, 12, part=0)  # fills the ring with a's readings
+    assert first.lags_known.any() and first.lags.any()
+    if leaves == "dropped":
+        assert store.drop_partitions([0]) == 1
+    # b takes a's slot, whose ring still holds a's readings: b has no season yet.
+    b, _ = feed("b", 0, lag - 1, part=1)
+    assert store.slot_of("b") == int(first.slots[0])
+    assert len(b) == lag - 1 - num_steps and not b.lags_known.any() and not b.lags.any()
+    if leaves == "dropped":
+        assert store.drop_partitions([1]) == 1
+    # a comes back: a new start, in polls of assorted sizes.
+    parts = [feed("a", 20 + lo, n, part=0) for lo, n in ((0, 3), (3, 4), (7, 1), (8, 4))]
+    assert (store.evicted_total == 2) == (leaves == "evicted")
+    out = [p for p, _ in parts]
+    series = np.concatenate([v for _, v in parts])
+    got_lags = np.concatenate([p.lags for p in out])
+    got_known = np.concatenate([p.lags_known for p in out])
+    last = np.concatenate([p.counts for p in out]) - 1
+    assert last.tolist() == list(range(num_steps, len(series)))
+    lags, known = lags_of(series, last, horizon, lag)
+    assert 0 < known.sum() < len(known)
+    np.testing.assert_array_equal(got_known, known)
+    np.testing.assert_array_equal(got_lags, lags)
+
+
+def test_more_sensors_in_one_batch_than_capacity_keep_their_own_lags() -> None:
+    """A batch split to fit the store: each window's lags are its sensor's readings since
+    it last (re)started, none of the sensors that held its slot before."""
+    num_steps, horizon, lag, burst = 3, 2, 9, 12
+    names = [f"s{b % 5}" for b in range(15) for _ in range(burst)]  # 5 sensors, 3 slots
+    ts = [float(i) for i in range(len(names))]
+    values = np.random.default_rng(4).normal(size=(len(names), F)) + 10
+    batch = readings(names, ts, values)
+    store = WindowStore(3, num_steps, F, seasonal_lag=lag, horizon=horizon)
+    out = store.append(batch)
+    assert out.evicted >= 12 and len(store) == 3
+    # Every burst starts its sensor afresh (evicted since its last burst).
+    assert out.counts.tolist() == list(range(num_steps + 1, burst + 1)) * 15
+    who = np.asarray(names)
+    for k, i in enumerate(out.ready.tolist()):
+        segment = np.flatnonzero(who[: i + 1] == names[i])[-int(out.counts[k]) :]
+        lags, known = lags_of(batch.values[segment], [len(segment) - 1], horizon, lag)
+        assert out.lags_known[k] == known[0]
+        np.testing.assert_array_equal(out.lags[k], lags[0])
+    assert 0 < out.lags_known.sum() < len(out)
+
+
+@pytest.mark.parametrize("seeding", ["truth", "carry"])
+@pytest.mark.parametrize("lag", [0, 5, 7, 20, 1_100])
+def test_for_settings_builds_the_store_the_settings_describe(seeding: str, lag: int) -> None:
+    from streamcast.config import Settings
+
+    def settings(lag: int, capacity: int) -> Settings:
+        return Settings(
+            window={"num_steps": 6, "capacity": capacity, "stride": 2, "gap_factor": 4.5},
+            model={
+                "num_features": 3,
+                "horizon": 4 if lag else 9,
+                "units": [5, 3],
+                "seeding": seeding,
+                "seasonal_lag": lag,
+            },
+        )
+
+    s = settings(lag, 8)
+    spec = s.model
+    store = WindowStore.for_settings(s)
+    assert (store.capacity, store.num_steps, store.num_features) == (8, 6, 3)
+    assert (store.stride, store.gap_factor) == (2, 4.5)
+    assert store.seasonal_lag == lag and store.horizon == (spec.horizon if lag else 0)
+    assert store.state_width == (spec.state_width if seeding == "carry" else 0)
+    assert spec.context == max(spec.num_steps + 1, lag)
+
+    def per_sensor(lag: int) -> int:
+        """Bytes the arrays grow by with one more slot (shared tables cancel out)."""
+        small = WindowStore.for_settings(settings(lag, 8))
+        large = WindowStore.for_settings(settings(lag, 9))
+        assert small.eviction_warnings.bytes_per_sensor == large.nbytes - small.nbytes
+        return large.nbytes - small.nbytes
+
+    ring = spec.context * spec.num_features * 4
+    assert per_sensor(lag) - per_sensor(0) == ring - (spec.num_steps + 1) * spec.num_features * 4
+    # The store keeps ``context`` readings: the lags are known from the season's reading.
+    n = spec.context + 3
+    values = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    one = Readings(["a"] * n, 60.0 * np.arange(n), values, partitions=np.zeros(n, np.int32))
+    out = store.append(one)
+    assert len(out) and out.lags.shape == (len(out), store.horizon, 3)
+    if lag:
+        lags, known = lags_of(values, out.ready, spec.horizon, lag)
+        assert known.any()
+        np.testing.assert_array_equal(out.lags_known, known)
+        np.testing.assert_array_equal(out.lags, lags)
+    else:
+        assert not out.lags_known.any()
+
+
+@pytest.mark.parametrize("lag", [4, 6, 9, 13])
+def test_the_stores_lags_are_the_training_lags(lag: int) -> None:
+    """Serving and training must give a model the same inputs for the same window."""
+    from streamcast.learn.examples import make_examples, seasonal_lags
+
+    num_steps, horizon = 5, 3
+    rng = np.random.default_rng(lag)
+    batch, cuts = interleaved(rng, 60, (30.0, 45.0))
+    store = WindowStore(2, num_steps, F, seasonal_lag=lag, horizon=horizon)
+    out = concat_appends(store, batch, cuts)
+    for name in ("s0", "s1"):
+        mine = np.flatnonzero(np.asarray(batch.sensors) == name)
+        series = batch.values[mine]  # float32, as the store keeps them
+        rows = np.flatnonzero(np.isin(out.ready, mine))
+        last = np.searchsorted(mine, out.ready[rows])
+        assert last.tolist() == list(range(num_steps, len(series)))
+        lags, known = seasonal_lags(series, last, horizon, lag)
+        assert known.shape == (len(rows), 1)
+        np.testing.assert_array_equal(out.lags[rows], lags)
+        np.testing.assert_array_equal(out.lags_known[rows], known[:, 0] == 1.0)
+        assert known.all() if lag <= num_steps + 1 else 0 < known.sum() < len(known)
+        # The training examples of the same windows: every input alike.
+        ex = make_examples(series, num_steps, horizon, seasonal_lag=lag)
+        assert ex.start is not None and ex.lags is not None and ex.lags_known is not None
+        at = np.searchsorted(last, ex.start + num_steps)
+        assert len(at) == len(series) - num_steps - horizon
+        assert (last[at] == ex.start + num_steps).all()
+        np.testing.assert_array_equal(out.windows[rows][at], ex.window)
+        np.testing.assert_array_equal(out.truths[rows][at], ex.truth)
+        np.testing.assert_array_equal(out.lags[rows][at], ex.lags)
+        np.testing.assert_array_equal(out.lags_known[rows][at], ex.lags_known[:, 0] == 1.0)
