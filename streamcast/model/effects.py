@@ -10,7 +10,7 @@ graph the forecaster is built as.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from streamcast.config import ModelSpec
 from streamcast.learn.calendar import CALENDAR_WIDTH
@@ -19,8 +19,22 @@ from streamcast.model.layers import LagBlend, LagFeatures
 from streamcast.model.runtime import keras
 
 
+class _Effect:
+    """An effect's layers, named in ``_NAMES`` (the first one marks that a model has it)."""
+
+    _NAMES: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def of(cls, model: keras.Model) -> Self | None:
+        """The effect's layers in a built model, or None if it was built without it."""
+        names = {layer.name for layer in model.layers}
+        if cls._NAMES[0] not in names:
+            return None
+        return cls(*(model.get_layer(name) for name in cls._NAMES))
+
+
 @dataclass
-class CalendarEffect:
+class CalendarEffect(_Effect):
     """The calendar effect: f(step's calendar harmonics, final LSTM output), per step."""
 
     features: Any
@@ -47,20 +61,13 @@ class CalendarEffect:
             add=keras.layers.Add(name="calendar_add"),
         )
 
-    @classmethod
-    def of(cls, model: keras.Model) -> CalendarEffect | None:
-        names = {layer.name for layer in model.layers}
-        if "calendar_features" not in names:
-            return None
-        return cls(*(model.get_layer(name) for name in cls._NAMES))
-
     def __call__(self, normalised: Any, top: Any, calendar: Any) -> Any:
         context = self.concat([self.features(calendar), self.repeat(top)])
         return self.add([normalised, self.out(self.hidden(context))])
 
 
 @dataclass
-class SeasonEffect:
+class SeasonEffect(_Effect):
     """The seasonal-lag effect: f(each step's reading a season earlier, final LSTM output).
 
     It moves each step of the normalised forecast towards its lag by a learned share
@@ -101,13 +108,6 @@ class SeasonEffect:
             out=keras.layers.Dense(cfg.num_features, kernel_initializer="zeros", name="lag_out"),
             add=keras.layers.Add(name="lag_add"),
         )
-
-    @classmethod
-    def of(cls, model: keras.Model) -> SeasonEffect | None:
-        names = {layer.name for layer in model.layers}
-        if "lag_features" not in names:
-            return None
-        return cls(*(model.get_layer(name) for name in cls._NAMES))
 
     def __call__(
         self, normalised: Any, top: Any, lags: Any, known: Any, mean: Any, std: Any
