@@ -6,7 +6,9 @@ the repetitions. Every method gets the whole batch at once (``predict`` is given
 ``batch_size=n``, its most favourable setting). A second table sets carry mode's
 graphs side by side, for the default model at a full batch: a window seeded from its
 truth (96 LSTM steps) against one continuing a carried state through the readings since
-the sensor's last window (1 step at stride 1, 96 at stride 96).
+the sensor's last window (1 step at stride 1, 96 at stride 96). The first table's models
+have no calendar (``model.calendar`` off: the three methods get the same window and
+truth); the second's is the default model, calendar included.
 
     python bench/inference.py [--json-only] [--quick]
 """
@@ -36,6 +38,7 @@ import keras
 import numpy as np
 
 from streamcast.config import ModelSpec
+from streamcast.learn.calendar import calendar_inputs
 from streamcast.model import build_forecaster
 from streamcast.model.predictor import Predictor
 
@@ -82,6 +85,7 @@ def measure(units: tuple[int, ...], reps: int, min_seconds: float) -> list[dict[
         units=units,
         horizon=HORIZON,
         seeding="truth",
+        calendar=False,
     )
     model = build_forecaster(cfg)
     predictor = Predictor(model, cfg)
@@ -119,11 +123,14 @@ def measure_carry(reps: int, min_seconds: float, n: int = 256) -> list[dict[str,
     window = rng.standard_normal((n, cfg.num_steps, cfg.num_features)).astype(np.float32)
     truth = rng.standard_normal((n, cfg.num_features)).astype(np.float32)
     carry = rng.standard_normal((n, cfg.state_width)).astype(np.float32)
+    # Each window's time, 15-minute steps (the default model has the calendar).
+    ends = 1_704_067_200.0 + 900.0 * rng.integers(0, 96 * 7, n)
+    calendar = calendar_inputs(ends, 900.0)
     by_stride = {s: Predictor(model, cfg, max_batch=n, carried_steps=s) for s in (1, 96)}
     runners: dict[str, Callable[[], object]] = {
-        "seeded": partial(by_stride[1].predict, window, truth),
+        "seeded": partial(by_stride[1].predict, window, truth, calendar=calendar),
         **{
-            f"carried_stride_{s}": partial(p.predict, window, truth, carry)
+            f"carried_stride_{s}": partial(p.predict, window, truth, carry, calendar=calendar)
             for s, p in by_stride.items()
         },
     }

@@ -5,7 +5,7 @@ and is scored the same way: MAE in the data's units per value (v1, v2) and poole
 
 Methods:
 
-- ``streamcast`` (``calendar`` off, the default, and on): the project's own trainer
+- ``streamcast`` (``calendar`` off, and on, the default): the project's own trainer
   (``streamcast.learn.fit.train``; ``ModelSpec(num_steps=96, units=--units,
   seeding="truth")``, ``TrainingSettings(max_seconds=--max-seconds, threads=2)``), saved
   with ``ModelRegistry`` and run by ``streamcast.stream.backtest.run_backtest`` over the

@@ -25,7 +25,8 @@ the budget); ``streamcast.stream.backtest.run_backtest`` then scores every forec
 issued at or after the cut, at ``--stride`` (1; carry continues each sensor's states
 one reading at a time there), with the readings before it as context, in the
 data's units, against persistence and seasonal naive (period ``min(horizon, 96)``).
-The window is 96 steps and the model the project default (units 16, 16; dropout 0.2).
+The window is 96 steps and the model the project default (units 16, 16; dropout 0.2)
+without the calendar (``model.calendar`` off): how the states are seeded is measured alone.
 
 ``truth`` and ``carry`` train the same graph (in carry mode the seeder is the cold-start
 seed; carried states replace it only at inference, ``streamcast.model.graph``), so by
@@ -88,6 +89,7 @@ from streamcast.sim.fleet import SensorFleet
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 NUM_STEPS = 96  # the mission's window
+CALENDAR = False  # the seeding alone: no calendar inputs (``model.calendar``)
 MODES: tuple[str, ...] = ("truth", "zeros", "carry")
 SIM_SEED = 7
 SIM_SENSORS = 16
@@ -189,7 +191,9 @@ def fit(
     from streamcast.model.runtime import keras
 
     keras.backend.clear_session()
-    cfg = ModelSpec(num_steps=NUM_STEPS, num_features=2, horizon=horizon, seeding=mode)
+    cfg = ModelSpec(
+        num_steps=NUM_STEPS, num_features=2, horizon=horizon, seeding=mode, calendar=CALENDAR
+    )
     settings = TrainingSettings(random_seed=seed, max_seconds=max_seconds, threads=1)
     result = train(cfg, series, settings, progress=False, timestamps=stamps)
     info = {
@@ -611,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stride": args.stride,
             "carry_fit": args.carry_fit,
             "num_steps": NUM_STEPS,
-            "model": ModelSpec().model_dump(mode="json", exclude={"horizon", "seeding"}),
+            "model": ModelSpec(calendar=CALENDAR).model_dump(
+                mode="json", exclude={"horizon", "seeding"}
+            ),
             "threads": 1,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         },

@@ -58,7 +58,7 @@ class ModelSpec(BaseModel):
     horizon: int = Field(96, ge=1, le=10_000)
     seeding: Seeding = "truth"
     calendar: bool = Field(
-        False,
+        True,
         description="tell the model the time of day and the day of the week of every "
         "forecast step (from ts); versions saved without it have none",
     )

@@ -322,7 +322,9 @@ class ModelRegistry:
         vdir = self.version_path(version)
         meta = self.meta(version)
         try:
-            cfg = ModelSpec(**meta["model_config"])
+            # Versions saved before the calendar was a setting have none; it is on by
+            # default only for models built from now on.
+            cfg = ModelSpec(**{"calendar": False, **meta["model_config"]})
         except (KeyError, TypeError, ValidationError) as exc:
             raise RegistryError(
                 f"model version {version}: {vdir / META_FILE}: bad model_config: {exc}"

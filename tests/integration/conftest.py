@@ -115,8 +115,10 @@ def train_model(spec: ModelSpec) -> TrainResult:
 
     key = build_forecaster(spec).to_json()
     if key not in _FITS:
-        _, values = SensorFleet(6, seed=3).series(96 * 6)
-        result = train(spec, [v.astype(np.float32) for v in values], TRAINING, progress=False)
+        ts, values = SensorFleet(6, seed=3, step_s=STEP_S).series(96 * 6)
+        series = [v.astype(np.float32) for v in values]
+        # With each reading's time, as ``streamcast train`` gives it: the calendar's inputs.
+        result = train(spec, series, TRAINING, progress=False, timestamps=[ts] * len(series))
         assert result.stopped_by == "max epochs", f"training stopped by {result.stopped_by}"
         _FITS[key] = result
     return _FITS[key]
@@ -253,8 +255,10 @@ def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[ModelCall]:
         carry: np.ndarray | None = None,
         has_carry: np.ndarray | None = None,
         calendar: np.ndarray | None = None,
+        lags: np.ndarray | None = None,
+        lags_known: np.ndarray | None = None,
     ) -> Prediction:
-        out = real(self, window, truth, carry, has_carry, calendar)
+        out = real(self, window, truth, carry, has_carry, calendar, lags, lags_known)
         calls.append(
             ModelCall(
                 np.array(window, np.float32),

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from streamcast.config import ModelSpec
+from streamcast.learn.calendar import calendar_inputs
 from streamcast.learn.registry import MODEL_FILE, POINTER_FILE, ModelRegistry
 from streamcast.model.graph import seed_states
 from streamcast.model.predictor import Predictor
@@ -246,7 +247,8 @@ def test_carry_mode_seeds_each_window_with_the_previous_windows_final_states(
         daemon_states = call.states[row]
 
         # The stepper's own run of the chain: same forecast, same states to carry on.
-        out = predictor.predict(window[None], truth[None], carry, has)
+        calendar = calendar_inputs([doc["ts"]], doc["step_s"])
+        out = predictor.predict(window[None], truth[None], carry, has, calendar)
         np.testing.assert_allclose(published, out.forecast[0], rtol=CARRY_RTOL, atol=CARRY_ATOL)
         np.testing.assert_allclose(daemon_states, out.states[0], rtol=CARRY_RTOL, atol=CARRY_ATOL)
         carry, has = out.states, np.array([True])

@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.structs import TopicPartition
 
+from streamcast.learn.calendar import calendar_inputs
 from streamcast.learn.registry import ModelRegistry
 from streamcast.model.graph import seed_states
 from streamcast.model.predictor import Predictor
@@ -206,8 +207,10 @@ def test_states_are_seeded_from_the_true_previous_reading(
             np.testing.assert_array_equal(call.truths[row], truth, err_msg=f"{sensor} seed")
         published = np.asarray(doc["values"], np.float32)
         assert any(np.array_equal(call.forecast[row], published) for call, row in seen)
-        # The stepper's own forecast for this window and truth (the daemon's is compiled).
-        expected = predictor.predict(window[None], truth[None]).forecast[0]
+        # The stepper's own forecast for this window and truth (the daemon's is compiled),
+        # at the window's time (the default model has the calendar).
+        calendar = calendar_inputs([doc["ts"]], doc["step_s"])
+        expected = predictor.predict(window[None], truth[None], calendar=calendar).forecast[0]
         np.testing.assert_allclose(published, expected, rtol=SEED_RTOL, atol=SEED_ATOL)
 
         # What a wrong seed would have been: none, the window's own first reading (a store

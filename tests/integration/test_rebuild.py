@@ -37,7 +37,9 @@ PARTITIONS = 3
 STEPS = 24
 STRIDE = 6
 BEFORE, AFTER = 30, 42  # steps 0..29 before the restart, 30..41 after it
-SPEC = ModelSpec(num_steps=STEPS, num_features=2, units=(8, 8), horizon=8, seeding="truth")
+SPEC = ModelSpec(
+    num_steps=STEPS, num_features=2, units=(8, 8), horizon=8, seeding="truth", calendar=False
+)
 # The first step's grid index is a multiple of STRIDE, so forecasts fall on steps 24, 30, 36.
 T0 = 1_888_890 * STEP_S
 # The daemon's compiled predictor and the plain one here differ in the last bits (1.6e-4
@@ -115,7 +117,7 @@ def test_a_restart_leaves_none_of_20000_sensors_cold(
         wide_topics,
         registry,
         window={"num_steps": STEPS, "stride": STRIDE},
-        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth"},
+        model={"units": [8, 8], "horizon": SPEC.horizon, "seeding": "truth", "calendar": False},
         inference={"max_batch": 1024, "max_wait_ms": 20},
         kafka={"max_poll_records": 5000},
     )

@@ -79,6 +79,7 @@ def test_a_regime_change_is_learnt_promoted_and_served(
         [before[i].astype(np.float32) for i in range(SENSORS)],
         TrainingSettings(max_seconds=8, max_epochs=15, batch_size=64, random_seed=0),
         progress=False,
+        timestamps=[ts_a] * SENSORS,  # the calendar's inputs, as the daemon's training has them
     ).model
     registry = tmp_path / "registry"
     ModelRegistry(registry).save(v1, SPEC)

@@ -29,12 +29,21 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from streamcast.learn.calendar import calendar_inputs
 from streamcast.learn.registry import ModelRegistry
 from streamcast.model.predictor import Predictor
 from streamcast.sim.broker import EmbeddedBroker, free_port
 from streamcast.stream.messages import encode_reading
 
-from .conftest import SPEC, Topics, fleet_readings, fresh_topics, settings_for, spawn_run
+from .conftest import (
+    SPEC,
+    STEP_S,
+    Topics,
+    fleet_readings,
+    fresh_topics,
+    settings_for,
+    spawn_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -229,15 +238,17 @@ def _expected(
     series: dict[str, list[tuple[float, np.ndarray]]] = {}
     for s, ts, v in readings:
         series.setdefault(s, []).append((ts, np.asarray(v, np.float32)))
-    keys, windows, truths = [], [], []
+    keys, windows, truths, stamps = [], [], [], []
     n = SPEC.num_steps
     for sensor, rows in series.items():
         values = np.stack([v for _, v in rows])
         for k in range(n + shift, len(rows)):
             keys.append((sensor, rows[k][0]))
+            stamps.append(rows[k][0])
             windows.append(values[k - shift - n + 1 : k - shift + 1])
             truths.append(values[k - shift - n])
-    out = predictor.predict(np.stack(windows), np.stack(truths)).forecast
+    calendar = calendar_inputs(np.array(stamps), STEP_S)  # at ``ts``, as the daemon's
+    out = predictor.predict(np.stack(windows), np.stack(truths), calendar=calendar).forecast
     return dict(zip(keys, out, strict=True))
 
 

@@ -15,7 +15,7 @@ from streamcast.learn.evaluation import Evaluation, format_evaluation
 from streamcast.learn.examples import make_examples_many
 from streamcast.learn.fit import score_model, train, train_and_save
 from streamcast.learn.registry import ModelRegistry
-from streamcast.sim.fleet import fleet_series
+from streamcast.sim.fleet import SensorFleet, fleet_series
 
 TrainCommand = Callable[..., int]
 WriteConfig = Callable[..., Path]
@@ -125,18 +125,26 @@ def _assert_beats_baselines(m: Evaluation, label: str) -> None:
     assert m.score("model").rmse < m.score("persistence").rmse, (label, format_evaluation(m))
 
 
+def _timed_fleet(sensors: int, steps: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``fleet_series`` with each series' timestamps: (series, timestamps)."""
+    ts, values = SensorFleet(sensors, seed=seed).series(steps)
+    return [values[i] for i in range(sensors)], [ts] * sensors
+
+
 @pytest.mark.slow
 def test_default_model_beats_baselines_on_unseen_data() -> None:
+    """The default model, calendar included: it is given each reading's time, as served."""
     cfg = ModelSpec()
     assert (cfg.num_steps, cfg.horizon, cfg.num_features) == (96, 96, 2)
+    assert cfg.calendar
     settings = TrainingSettings(max_seconds=45.0, threads=2, random_seed=0)
-    series = fleet_series(QUALITY_SENSORS, QUALITY_DAYS * 96, seed=QUALITY_SEED)
-    result = train(cfg, series, settings, progress=True)
+    series, stamps = _timed_fleet(QUALITY_SENSORS, QUALITY_DAYS * 96, QUALITY_SEED)
+    result = train(cfg, series, settings, progress=True, timestamps=stamps)
     print(format_evaluation(result.metrics))
     _assert_beats_baselines(result.metrics, "validation")
 
-    fresh = fleet_series(FRESH_SENSORS, FRESH_DAYS * 96, seed=FRESH_SEED)
-    ex = make_examples_many(fresh, cfg.num_steps, cfg.horizon, stride=6)
+    fresh, fresh_stamps = _timed_fleet(FRESH_SENSORS, FRESH_DAYS * 96, FRESH_SEED)
+    ex = make_examples_many(fresh, cfg.num_steps, cfg.horizon, stride=6, timestamps=fresh_stamps)
     scale = np.stack([s.std(axis=0) for s in fresh])
     fresh_metrics = score_model(result.model, ex, scale)
     print(format_evaluation(fresh_metrics))
@@ -151,7 +159,9 @@ def test_carry_mode_trains_on_chains_and_serves_one_reading_at_a_time(
     persistence on series it never saw."""
     from streamcast.model.predictor import Predictor
 
-    cfg = ModelSpec(num_steps=16, num_features=2, units=(8, 8), horizon=8, seeding="carry")
+    cfg = ModelSpec(
+        num_steps=16, num_features=2, units=(8, 8), horizon=8, seeding="carry", calendar=False
+    )
     settings = TrainingSettings(max_seconds=60.0, max_epochs=8, random_seed=0)  # by epochs
     with caplog.at_level(logging.INFO, logger="streamcast.learn.fit"):
         result = train(cfg, fleet_series(3, 15 * 96, seed=3), settings, progress=False)
@@ -209,7 +219,7 @@ def test_a_weekly_season_the_window_cannot_show_is_learned_from_the_lags() -> No
     )
     mae = {}
     for lag in (0, 168):
-        cfg = ModelSpec(num_steps=48, horizon=24, units=(8,), seasonal_lag=lag)
+        cfg = ModelSpec(num_steps=48, horizon=24, units=(8,), seasonal_lag=lag, calendar=False)
         result = train(cfg, series, settings, progress=False)
         assert result.epochs == 10
         mae[lag] = result.metrics.score("model").mae
@@ -225,7 +235,13 @@ def test_carry_mode_with_lags_trains_on_chains_and_serves_finite_forecasts(
     from streamcast.model.predictor import Predictor
 
     cfg = ModelSpec(
-        num_steps=16, num_features=2, units=(8,), horizon=8, seeding="carry", seasonal_lag=24
+        num_steps=16,
+        num_features=2,
+        units=(8,),
+        horizon=8,
+        seeding="carry",
+        seasonal_lag=24,
+        calendar=False,
     )
     settings = TrainingSettings(max_seconds=60.0, max_epochs=2, random_seed=0, threads=2)
     with caplog.at_level(logging.INFO, logger="streamcast.learn.fit"):

@@ -19,7 +19,7 @@ from streamcast.learn import registry as registry_module
 from streamcast.learn.registry import META_FILE, MODEL_FILE, IncompleteVersionError, ModelRegistry
 from streamcast.model import build_forecaster
 
-CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0)
+CFG = ModelSpec(num_steps=8, num_features=2, units=(8,), horizon=4, dropout=0.0, calendar=False)
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +312,26 @@ def test_fingerprint_follows_the_files(saved: tuple[ModelRegistry, Path]) -> Non
     (vdir / MODEL_FILE).unlink()
     assert [name for name, _, _ in reg.fingerprint(1)] == [META_FILE]
     assert reg.fingerprint(99) == ()
+
+
+def test_a_version_saved_before_the_calendar_setting_loads_without_one(
+    tmp_path: Path, model: keras.Model
+) -> None:
+    """The calendar is on by default for new models; a version whose meta.json predates
+    the setting has no calendar layers and must be read as calendar off, and served."""
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(model, CFG)
+    meta_path = reg.version_path(version) / META_FILE
+    meta = json.loads(meta_path.read_text())
+    del meta["model_config"]["calendar"]
+    meta_path.write_text(json.dumps(meta))
+    assert ModelSpec(**meta["model_config"]).calendar  # what the default alone would say
+    loaded = reg.load(version)
+    assert loaded.cfg.calendar is False
+    from streamcast.model.predictor import Predictor
+
+    inputs = _inputs()
+    got = Predictor(loaded.model, loaded.cfg, max_batch=8).predict(
+        inputs["window"], inputs["truth"]
+    )
+    np.testing.assert_allclose(got.forecast, model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-5)

@@ -35,7 +35,7 @@ from streamcast.config import ModelSpec
 from streamcast.learn.pointer import TMP_PREFIX, serving_order
 from streamcast.learn.registry import ModelRegistry
 
-SPEC = ModelSpec(num_steps=8, num_features=2, units=(4,), horizon=2)
+SPEC = ModelSpec(num_steps=8, num_features=2, units=(4,), horizon=2, calendar=False)
 KEEP = 3
 KILLS = 15
 MAX_DELAY_S = 0.3

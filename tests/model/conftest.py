@@ -31,6 +31,7 @@ def make_cfg(units: tuple[int, ...] = (8, 8), seeding: Seeding = "truth") -> Mod
         dropout=0.2,
         horizon=HORIZON,
         seeding=seeding,
+        calendar=False,  # the plain model; a test of the calendar turns it on
     )
 
 

@@ -35,6 +35,7 @@ def lag_cfg(seeding: Seeding = "truth", units: tuple[int, ...] = (8, 8)) -> Mode
         seasonal_lag=LAG,
         dropout=0.0,
         seeding=seeding,
+        calendar=False,  # the lags alone
     )
 
 

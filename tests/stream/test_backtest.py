@@ -208,7 +208,13 @@ def _lag_model(tmp_path, seeding: str = "truth") -> LoadedModel:  # type: ignore
 
     keras.utils.set_random_seed(11)
     spec = ModelSpec(
-        num_steps=STEPS, horizon=H, units=(8,), seasonal_lag=LAG, dropout=0.0, seeding=seeding
+        num_steps=STEPS,
+        horizon=H,
+        units=(8,),
+        seasonal_lag=LAG,
+        dropout=0.0,
+        seeding=seeding,
+        calendar=False,
     )
     model = build_forecaster(spec)
     out = model.get_layer("lag_out")

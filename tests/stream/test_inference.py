@@ -22,7 +22,14 @@ STEPS, H, F, LAG = 8, 4, 2, 12
 
 
 def _spec(seasonal_lag: int) -> ModelSpec:
-    return ModelSpec(num_steps=STEPS, horizon=H, units=(8,), seasonal_lag=seasonal_lag, dropout=0.0)
+    return ModelSpec(
+        num_steps=STEPS,
+        horizon=H,
+        units=(8,),
+        seasonal_lag=seasonal_lag,
+        dropout=0.0,
+        calendar=False,
+    )
 
 
 @pytest.fixture(scope="module")
